@@ -1,0 +1,211 @@
+"""Deterministic outputs: the same input and model give the same answer, in any process.
+
+Nothing here draws from a global random state; every value is derived from a hash of the model
+and the input text, so outputs survive emulator restarts and differ between models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from emulator import lexicon
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_WORD_POSITIONS = 8  # dimensions each word pushes, so texts sharing words point the same way
+_WORD_WEIGHT = np.float32(2.5)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps, as intended)."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def seed_of(*parts: str) -> int:
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def unit_draw(*parts: str) -> float:
+    """A number in [0, 1) fixed by the parts."""
+    return (seed_of(*parts) >> 11) / float(1 << 53)
+
+
+def embed(model: str, texts: Sequence[str], dimension: int, base_dimension: int) -> np.ndarray:
+    """Unit-norm float32 vectors, shape ``(len(texts), dimension)``.
+
+    Each vector is hashed noise plus a few signed unit pushes per word, so texts that share words
+    have a visibly higher cosine similarity. Lanes and word positions are laid out over
+    ``base_dimension`` and truncated, as Matryoshka embeddings keep their first dimensions.
+    """
+    with np.errstate(over="ignore"):
+        seeds = np.fromiter((seed_of(model, t) for t in texts), dtype=np.uint64, count=len(texts))
+        lanes = np.arange(1, dimension + 1, dtype=np.uint64) * _GOLDEN
+        noise = _splitmix(seeds[:, None] + lanes[None, :])
+    vectors = (noise >> np.uint64(40)).astype(np.float32)
+    vectors *= np.float32(2.0 / (1 << 24))
+    vectors -= np.float32(1.0)
+
+    rows: list[int] = []
+    positions: list[int] = []
+    for row, text in enumerate(texts):
+        for word in lexicon.words(text):
+            h = zlib.crc32(word.encode())
+            for k in range(_WORD_POSITIONS):
+                positions.append((h * (2 * k + 1) + k * 7919) % (2 * base_dimension))
+            rows.extend([row] * _WORD_POSITIONS)
+    if rows:
+        where = np.asarray(positions, dtype=np.int64)
+        signs = np.where(where % 2 == 0, _WORD_WEIGHT, -_WORD_WEIGHT).astype(np.float32)
+        columns = where // 2
+        kept = columns < dimension
+        np.add.at(vectors, (np.asarray(rows)[kept], columns[kept]), signs[kept])
+
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors /= norms
+    return vectors
+
+
+def quantise(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """The ``output_dtype`` encodings: int8/uint8 scale to 127; binary packs sign bits."""
+    if dtype == "int8":
+        return np.clip(np.rint(vectors * 127), -128, 127).astype(np.int8)
+    if dtype == "uint8":
+        return np.clip(np.rint(vectors * 127) + 128, 0, 255).astype(np.uint8)
+    if dtype in ("binary", "ubinary"):
+        packed = np.packbits(vectors > 0, axis=1)
+        return packed.view(np.int8) if dtype == "binary" else packed
+    return vectors
+
+
+def moderate(model: str, texts: Sequence[str], categories: Sequence[str]) -> list[dict[str, Any]]:
+    """One ``{"categories", "category_scores"}`` result per text; a category flags at 0.5."""
+    results = []
+    for text in texts:
+        present = lexicon.words(text)
+        scores: dict[str, float] = {}
+        flags: dict[str, bool] = {}
+        for category in categories:
+            hits = len(present & lexicon.MODERATION[category])
+            jitter = unit_draw(model, category, text)
+            score = min(0.99, 0.55 + 0.15 * hits + 0.05 * jitter) if hits else 0.05 * jitter
+            scores[category] = round(score, 6)
+            flags[category] = score >= 0.5
+        results.append({"categories": flags, "category_scores": scores})
+    return results
+
+
+def _softmax(logits: Sequence[float]) -> list[float]:
+    peak = max(logits)
+    exps = [math.exp(v - peak) for v in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def classify(
+    model: str, texts: Sequence[str], targets: Mapping[str, Mapping[str, Sequence[str]]]
+) -> list[dict[str, Any]]:
+    """One ``{target: {"scores": {label: p}}}`` result per text; scores per target sum to 1."""
+    results = []
+    for text in texts:
+        present = lexicon.words(text)
+        result = {}
+        for target, labels in targets.items():
+            logits = [
+                3.0 * len(present & (frozenset(keywords) | lexicon.hints_for(label)))
+                + unit_draw(model, target, label, text)
+                for label, keywords in labels.items()
+            ]
+            probabilities = _softmax(logits)
+            result[target] = {
+                "scores": {
+                    label: round(p, 6) for label, p in zip(labels, probabilities, strict=True)
+                }
+            }
+        results.append(result)
+    return results
+
+
+def choose_label(options: Sequence[Any], text: str, salt: str) -> Any:
+    """The enum value the text speaks for; a neutral-looking value, else a hashed pick, if none."""
+    present = lexicon.words(text)
+    hits = [len(present & lexicon.hints_for(str(option))) for option in options]
+    best = max(hits, default=0)
+    if best > 0:
+        return options[hits.index(best)]
+    for option in options:
+        if str(option).lower() in lexicon.FALLBACK_LABELS:
+            return option
+    return options[int(unit_draw(salt, text) * len(options))]
+
+
+class SchemaError(ValueError):
+    """The response_format schema uses something the emulator cannot satisfy."""
+
+
+def instance_for(
+    schema: Mapping[str, Any], text: str, root: Mapping[str, Any] | None = None
+) -> Any:
+    """A JSON value valid for ``schema`` (the subset structured outputs use), shaped by ``text``."""
+    root = schema if root is None else root
+    if "$ref" in schema:
+        return instance_for(_resolve(root, schema["$ref"]), text, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return choose_label(list(schema["enum"]), text, salt=repr(schema["enum"]))
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        if combinator in schema:
+            options = [s for s in schema[combinator] if s.get("type") != "null"]
+            return instance_for((options or schema[combinator])[0], text, root)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: instance_for(sub, text, root) for name, sub in properties.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems", 1)))
+        return [instance_for(schema.get("items", {}), text, root) for _ in range(count)]
+    if kind == "string":
+        value = " ".join(text.split()[:6]) or "emulated"
+        value = value[: schema.get("maxLength", len(value))]
+        return value.ljust(schema.get("minLength", 0), ".")
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 10))
+        value = low + (high - low) * unit_draw("number", text)
+        return int(value) if kind == "integer" else round(value, 4)
+    if kind == "boolean":
+        return unit_draw("boolean", text) >= 0.5
+    if kind == "null":
+        return None
+    raise SchemaError(f"unsupported JSON schema type {kind!r}")
+
+
+def _resolve(root: Mapping[str, Any], ref: str) -> Mapping[str, Any]:
+    if not ref.startswith("#/"):
+        raise SchemaError(f"only local $ref are supported, got {ref!r}")
+    node: Any = root
+    for part in ref[2:].split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            raise SchemaError(f"$ref {ref!r} does not resolve")
+        node = node[part]
+    return node
+
+
+def chat_answer(model: str, text: str) -> str:
+    """A plain-text completion for requests without a JSON response format."""
+    openers = ("Here is a short answer", "In brief", "To summarise", "Put simply")
+    opener = openers[int(unit_draw(model, "opener", text) * len(openers))]
+    topic = " ".join(text.split()[:8])
+    return f"{opener} (emulated by {model}): {topic}"

@@ -1,0 +1,197 @@
+"""State under ``--data-dir``: files and batch jobs survive a restart of the emulator.
+
+Layout::
+
+    files/<id>.json      file metadata          files/<id>.data     file content
+    jobs/<id>.json       job record + progress  jobs/<id>.out|.err  partial output while running
+    jobs/<id>.inline     inline requests of a job created with ``requests=``
+    faults.json          fault-injection counters (so faults stay deterministic across restarts)
+
+Every JSON record is replaced atomically (write to a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+JobStatus = Literal[
+    "QUEUED",
+    "RUNNING",
+    "SUCCESS",
+    "FAILED",
+    "TIMEOUT_EXCEEDED",
+    "CANCELLATION_REQUESTED",
+    "CANCELLED",
+]
+ACTIVE_STATUSES = frozenset({"QUEUED", "RUNNING", "CANCELLATION_REQUESTED"})
+
+
+class FileRecord(BaseModel):
+    id: str
+    object: str = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    sample_type: str
+    source: str
+    num_lines: int | None = None
+    mimetype: str | None = "application/jsonl"
+    signature: str | None = None
+    expires_at: int | None = None
+    visibility: str | None = "workspace"
+
+    def public(self, *, with_deleted: bool = False) -> dict[str, Any]:
+        body = self.model_dump()
+        if with_deleted:
+            body["deleted"] = False
+        return body
+
+
+class Progress(BaseModel):
+    """Where processing stands, so a restarted emulator resumes exactly there."""
+
+    file_index: int = 0
+    byte_offset: int = 0
+    line_number: int = 0
+    out_bytes: int = 0
+    err_bytes: int = 0
+    faults: dict[str, Any] = Field(default_factory=dict)
+    rate_credit: float = 0.0
+
+
+class JobRecord(BaseModel):
+    id: str
+    object: str = "batch"
+    input_files: list[str]
+    metadata: dict[str, str] | None = None
+    endpoint: str
+    model: str | None = None
+    agent_id: str | None = None
+    output_file: str | None = None
+    error_file: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    status: JobStatus = "QUEUED"
+    created_at: int
+    total_requests: int = 0
+    completed_requests: int = 0
+    succeeded_requests: int = 0
+    failed_requests: int = 0
+    started_at: int | None = None
+    completed_at: int | None = None
+    # Not part of the API: kept on disk only.
+    timeout_hours: int = 24
+    created_at_precise: float = 0.0
+    inline: bool = False
+    progress: Progress = Field(default_factory=Progress)
+
+    _PRIVATE = frozenset({"timeout_hours", "created_at_precise", "inline", "progress"})
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(exclude=set(self._PRIVATE))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+class Store:
+    """Files and jobs, in memory for fast listing and on disk for restarts. Thread-safe."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files_dir = root / "files"
+        self.jobs_dir = root / "jobs"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.files: dict[str, FileRecord] = {}
+        self.jobs: dict[str, JobRecord] = {}
+        for meta in self.files_dir.glob("*.json"):
+            record = FileRecord.model_validate_json(meta.read_bytes())
+            self.files[record.id] = record
+        for meta in self.jobs_dir.glob("*.json"):
+            job = JobRecord.model_validate_json(meta.read_bytes())
+            self.jobs[job.id] = job
+        faults = root / "faults.json"
+        self.fault_state: dict[str, int] = (
+            orjson.loads(faults.read_bytes()) if faults.exists() else {}
+        )
+
+    # files -------------------------------------------------------------------------------
+    def file_data(self, file_id: str) -> Path:
+        return self.files_dir / f"{file_id}.data"
+
+    def add_file(self, record: FileRecord) -> None:
+        with self.lock:
+            _write_atomic(self.files_dir / f"{record.id}.json", record.model_dump_json().encode())
+            self.files[record.id] = record
+
+    def new_file_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def delete_file(self, file_id: str) -> None:
+        with self.lock:
+            self.files.pop(file_id)
+            (self.files_dir / f"{file_id}.json").unlink()
+            self.file_data(file_id).unlink(missing_ok=True)
+
+    def register_file(
+        self, file_id: str, filename: str, *, purpose: str, sample_type: str, source: str
+    ) -> FileRecord:
+        """Record a file whose content already sits at ``file_data(file_id)``."""
+        path = self.file_data(file_id)
+        size = path.stat().st_size
+        record = FileRecord(
+            id=file_id,
+            bytes=size,
+            created_at=int(time.time()),
+            filename=filename,
+            purpose=purpose,
+            sample_type=sample_type,
+            source=source,
+            num_lines=count_lines(path),
+        )
+        self.add_file(record)
+        return record
+
+    # jobs --------------------------------------------------------------------------------
+    def save_job(self, job: JobRecord) -> None:
+        with self.lock:
+            _write_atomic(self.jobs_dir / f"{job.id}.json", job.model_dump_json().encode())
+            self.jobs[job.id] = job
+
+    def delete_job(self, job_id: str) -> None:
+        with self.lock:
+            self.jobs.pop(job_id)
+            for suffix in (".json", ".out", ".err", ".inline"):
+                (self.jobs_dir / f"{job_id}{suffix}").unlink(missing_ok=True)
+
+    def partial(self, job_id: str, kind: Literal["out", "err", "inline"]) -> Path:
+        return self.jobs_dir / f"{job_id}.{kind}"
+
+    def save_fault_state(self) -> None:
+        with self.lock:
+            _write_atomic(self.root / "faults.json", orjson.dumps(self.fault_state))
+
+
+def count_lines(path: Path) -> int:
+    """Lines, a last one without a newline included, read in blocks (files reach 512 MB)."""
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1
+    return lines
