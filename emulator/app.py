@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -176,19 +176,11 @@ class CreateBatchJob(BaseModel):
         return self
 
 
-class _CutDownload(StreamingResponse):
-    """Declares the full length, then stops short: the client sees a broken transfer."""
-
-
-class _BigChunkFileResponse(FileResponse):
-    chunk_size = 1024 * 1024
-
-
 def create_app(config: EmulatorConfig) -> FastAPI:
     store = Store(config.data_dir)
     injector = FaultInjector(config.faults, store.fault_state)
     engine = Engine(config.catalog)
-    runner = JobRunner(store, engine, injector, config.timing)
+    runner = JobRunner(store, config.catalog, injector, config.timing)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -242,10 +234,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                 purpose=purpose,
                 sample_type=sample_type,
                 source="upload",
+                visibility=str(form.get("visibility") or "workspace"),
             )
-            if form.get("visibility"):
-                record = record.model_copy(update={"visibility": str(form.get("visibility"))})
-                store.add_file(record)
             return json_response(record.public())
         finally:
             await form.close()
@@ -293,25 +283,22 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.get("/v1/files/{file_id}/content", name="download_file")
     async def download_file(file_id: str) -> Response:
         record = store.files.get(file_id)
-        path = store.file_data(file_id)
-        if record is None or not path.exists():
+        parts = store.file_parts(file_id)
+        if record is None:
             return not_found("File", file_id)
         with store.lock:
             cut = injector.download_cut()
             if cut is not None:
                 store.save_fault_state()
-        if cut is not None:
-            stop_at = int(record.bytes * cut.after_fraction)
-            return _CutDownload(
-                _read_prefix(path, stop_at),
-                media_type="application/octet-stream",
-                headers={"Content-Length": str(record.bytes)},
-            )
-        return _BigChunkFileResponse(
-            path,
+        # A cut download declares the full length, then stops short: a broken transfer.
+        limit = record.bytes if cut is None else int(record.bytes * cut.after_fraction)
+        return StreamingResponse(
+            _read_parts(parts, limit),
             media_type="application/octet-stream",
-            filename=record.filename,
-            content_disposition_type="attachment",
+            headers={
+                "Content-Length": str(record.bytes),
+                "Content-Disposition": f'attachment; filename="{record.filename}"',
+            },
         )
 
     @app.delete("/v1/files/{file_id}")
@@ -358,7 +345,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                 orjson.dumps(r.model_dump(), option=orjson.OPT_APPEND_NEWLINE)
                 for r in spec.requests
             )
-            await run_in_threadpool(store.partial(job.id, "inline").write_bytes, lines)
+            await run_in_threadpool(store.inline_input(job.id).write_bytes, lines)
         store.save_job(job)
         runner.poke()
         return json_response(job.public())
@@ -424,8 +411,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         if inline:
             outputs: list[Any] = []
             for file_id in (job.output_file, job.error_file):
-                if file_id is not None and store.file_data(file_id).exists():
-                    with store.file_data(file_id).open("rb") as handle:
+                for part in store.file_parts(file_id) if file_id else []:
+                    with part.open("rb") as handle:
                         outputs.extend(orjson.loads(line) for line in handle if line.strip())
             body["outputs"] = outputs
         return json_response(body)
@@ -504,12 +491,17 @@ def _copy_limited(upload: UploadFile, target: Path) -> int:
     return size
 
 
-def _read_prefix(path: Path, stop_at: int) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        remaining = stop_at
-        while remaining > 0 and (block := handle.read(min(1 << 20, remaining))):
-            remaining -= len(block)
-            yield block
+async def _read_parts(parts: list[Path], limit: int) -> AsyncIterator[bytes]:
+    """The first ``limit`` bytes of the concatenated parts, in 1 MiB blocks read off-loop."""
+    remaining = limit
+    for part in parts:
+        with part.open("rb") as handle:
+            while remaining > 0:
+                block = await run_in_threadpool(handle.read, min(1 << 20, remaining))
+                if not block:
+                    break
+                remaining -= len(block)
+                yield block
 
 
 __all__ = ["EmulatorConfig", "FileRecord", "create_app"]

@@ -7,27 +7,21 @@ and the input text, so outputs survive emulator restarts and differ between mode
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import zlib
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from emulator import lexicon
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_WORD_POSITIONS = 8  # dimensions each word pushes, so texts sharing words point the same way
-_WORD_WEIGHT = np.float32(2.5)
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps, as intended)."""
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
+_POOL_ROWS = 1024  # random directions per model (small enough to stay in the CPU cache)
+_NOISE_WEIGHTS = (1.0, 0.7, 0.5)  # three hashed directions per text: 1024³ noise vectors
+_WORD_WEIGHT = 0.8  # each word adds its own direction, so texts sharing words point alike
+_MAX_WORDS = 48  # distinct words that count, alphabetically first
 
 
 def seed_of(*parts: str) -> int:
@@ -40,38 +34,42 @@ def unit_draw(*parts: str) -> float:
     return (seed_of(*parts) >> 11) / float(1 << 53)
 
 
+@lru_cache(maxsize=8)
+def _directions(model: str, base_dimension: int) -> np.ndarray:
+    """A fixed table of random directions per model, the same in every process."""
+    rng = np.random.default_rng(seed_of(model, "directions", str(base_dimension)))
+    return rng.standard_normal((_POOL_ROWS, base_dimension), dtype=np.float32)
+
+
 def embed(model: str, texts: Sequence[str], dimension: int, base_dimension: int) -> np.ndarray:
     """Unit-norm float32 vectors, shape ``(len(texts), dimension)``.
 
-    Each vector is hashed noise plus a few signed unit pushes per word, so texts that share words
-    have a visibly higher cosine similarity. Lanes and word positions are laid out over
-    ``base_dimension`` and truncated, as Matryoshka embeddings keep their first dimensions.
+    A vector is the sum of three directions picked by the text's hash and one per distinct word,
+    drawn from a per-model table: deterministic, distinct for distinct texts, and visibly closer
+    for texts that share words. The table is laid out over ``base_dimension`` and truncated, as
+    Matryoshka embeddings keep their first dimensions.
     """
-    with np.errstate(over="ignore"):
-        seeds = np.fromiter((seed_of(model, t) for t in texts), dtype=np.uint64, count=len(texts))
-        lanes = np.arange(1, dimension + 1, dtype=np.uint64) * _GOLDEN
-        noise = _splitmix(seeds[:, None] + lanes[None, :])
-    vectors = (noise >> np.uint64(40)).astype(np.float32)
-    vectors *= np.float32(2.0 / (1 << 24))
-    vectors -= np.float32(1.0)
-
-    rows: list[int] = []
-    positions: list[int] = []
-    for row, text in enumerate(texts):
-        for word in lexicon.words(text):
-            h = zlib.crc32(word.encode())
-            for k in range(_WORD_POSITIONS):
-                positions.append((h * (2 * k + 1) + k * 7919) % (2 * base_dimension))
-            rows.extend([row] * _WORD_POSITIONS)
-    if rows:
-        where = np.asarray(positions, dtype=np.int64)
-        signs = np.where(where % 2 == 0, _WORD_WEIGHT, -_WORD_WEIGHT).astype(np.float32)
-        columns = where // 2
-        kept = columns < dimension
-        np.add.at(vectors, (np.asarray(rows)[kept], columns[kept]), signs[kept])
-
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors /= norms
+    picks: list[list[int]] = []
+    for text in texts:
+        seed = seed_of(model, text)
+        words = sorted(lexicon.words(text))[:_MAX_WORDS]
+        picks.append(
+            [seed % _POOL_ROWS, (seed >> 20) % _POOL_ROWS, (seed >> 40) % _POOL_ROWS]
+            + [zlib.crc32(word.encode()) % _POOL_ROWS for word in words]
+        )
+    # A padded (texts, slots) layout: padding slots weigh 0 and come last, so a text's sum is
+    # the same whatever else shares its request.
+    lengths = np.fromiter(map(len, picks), dtype=np.int64, count=len(picks))
+    slots = int(lengths.max(initial=0))
+    used = np.arange(slots) < lengths[:, None]
+    rows = np.zeros((len(texts), slots), dtype=np.int64)
+    rows[used] = np.fromiter(itertools.chain.from_iterable(picks), dtype=np.int64)
+    weights = np.where(used, np.float32(_WORD_WEIGHT), np.float32(0))
+    weights[:, : len(_NOISE_WEIGHTS)] = _NOISE_WEIGHTS
+    table = _directions(model, base_dimension)
+    picked = table.take(rows.ravel(), axis=0).reshape(len(texts), slots, base_dimension)
+    vectors = np.einsum("ns,nsd->nd", weights, picked[:, :, :dimension])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from emulator import content
 from emulator.catalog import EMBED_MODELS, MODERATION_MODELS, Catalog
 from emulator.tokens import TokenCounter, message_text
+from emulator.vectors_json import json_rows
 
 MAX_EMBEDDING_INPUTS = 512
 MAX_EMBEDDING_TOKENS = 16_384
@@ -240,8 +241,10 @@ class Engine:
         encoded = content.quantise(vectors, request.output_dtype or "float")
         if request.encoding_format == "base64":
             data: list[Any] = [base64.b64encode(row.tobytes()).decode() for row in encoded]
+        elif encoded.dtype.kind == "f":
+            data = json_rows(encoded)
         else:
-            data = list(encoded)  # rows stay numpy arrays; orjson writes them without a loop
+            data = list(encoded)  # integer rows: orjson writes numpy arrays natively
         return {
             "id": uuid.uuid4().hex,
             "object": "list",

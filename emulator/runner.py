@@ -12,24 +12,35 @@ from __future__ import annotations
 
 import logging
 import math
-import random
+import multiprocessing
+import os
 import threading
 import time
-import uuid
+from collections import deque
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from emulator.content import seed_of
-from emulator.endpoints import Engine
+from emulator.catalog import Catalog
 from emulator.faults import FaultInjector
+from emulator.lines import (
+    LineFault,
+    Slice,
+    SliceResult,
+    answer_slice,
+    custom_id_of,
+    init_worker,
+)
 from emulator.store import ACTIVE_STATUSES, JobRecord, Store
 
 logger = logging.getLogger("emulator.runner")
-
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
 @dataclass(frozen=True)
@@ -39,47 +50,84 @@ class Timing:
     queue_seconds: float = 0.5  # time a job stays QUEUED
     requests_per_second: float = 0.0  # 0: as fast as the machine allows
     hour_seconds: float = 3600.0  # real seconds per hour of ``timeout_hours``
-    chunk_lines: int = 256  # lines processed between two progress updates
+    chunk_lines: int = 64  # request lines a worker answers at a time
+    workers: int = 0  # processes answering lines; 0: one per core, 1: in the runner's thread
+
+
+@dataclass
+class _Cursor:
+    """Where reading stands (ahead of the saved progress while slices are in flight)."""
+
+    file_index: int
+    byte_offset: int
+    line_number: int
+
+
+@dataclass
+class _InFlight:
+    future: Future[SliceResult]
+    cursor_after: _Cursor
+    lines: int
 
 
 class JobRunner:
     def __init__(
-        self, store: Store, engine: Engine, injector: FaultInjector, timing: Timing
+        self, store: Store, catalog: Catalog, injector: FaultInjector, timing: Timing
     ) -> None:
         self.store = store
-        self.engine = engine
+        self.catalog = catalog
         self.injector = injector
         self.timing = timing
+        self.workers = timing.workers or os.cpu_count() or 1
+        self._executor: Executor | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._last_step: dict[str, float] = {}
+        self._cursors: dict[str, _Cursor] = {}
+        self._inflight: dict[str, deque[_InFlight]] = {}
         self._thread = threading.Thread(target=self._loop, name="emulator-jobs", daemon=True)
 
     def start(self) -> None:
         self._resume_partials()
+        self._pool().submit(int)  # spawn workers now, not on the first job: they load tokenizers
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
 
     def poke(self) -> None:
         """Wake the loop: a job was created or cancelled."""
         self._wake.set()
 
+    def _pool(self) -> Executor:
+        """Worker processes (spawned: the server has threads), or a thread when workers is 1."""
+        if self._executor is None:
+            if self.workers == 1:
+                init_worker(self.catalog)
+                self._executor = ThreadPoolExecutor(max_workers=1)
+            else:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=init_worker,
+                    initargs=(self.catalog,),
+                )
+        return self._executor
+
     def _resume_partials(self) -> None:
-        # A crash between appending to a partial file and saving progress leaves extra bytes.
-        for job in list(self.store.jobs.values()):
-            if job.status == "RUNNING":
-                for kind, size in (
-                    ("out", job.progress.out_bytes),
-                    ("err", job.progress.err_bytes),
-                ):
-                    path = self.store.partial(job.id, kind)  # type: ignore[arg-type]
-                    if path.exists() and path.stat().st_size > size:
-                        with path.open("r+b") as handle:
-                            handle.truncate(size)
+        # A crash mid-slice leaves segments that no saved progress names: they are redone.
+        committed = {
+            name
+            for job in self.store.jobs.values()
+            for name in (*job.progress.out_segments, *job.progress.err_segments)
+        }
+        for segment in self.store.jobs_dir.glob("*-segment"):
+            if segment.name not in committed:
+                segment.unlink()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -95,7 +143,12 @@ class JobRunner:
                 except Exception:  # one broken job must not stop the others
                     logger.exception("job %s: processing failed", job.id)
                     self._finish(job.id, "FAILED", "Internal error while processing the job")
-            if not busy:
+            if busy:
+                continue
+            pending = [f.future for queue in self._inflight.values() for f in queue]
+            if pending:
+                wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            else:
                 self._wake.wait(0.02)
                 self._wake.clear()
 
@@ -117,11 +170,12 @@ class JobRunner:
                 return False
             self._start(job)
             return True
-        return self._process_chunk(job, now)
+        submitted = self._submit(job, now)
+        return self._commit(job) or submitted
 
     def _inputs(self, job: JobRecord) -> list[Path]:
         if job.inline:
-            return [self.store.partial(job.id, "inline")]
+            return [self.store.inline_input(job.id)]
         return [self.store.file_data(file_id) for file_id in job.input_files]
 
     def _start(self, job: JobRecord) -> None:
@@ -144,8 +198,17 @@ class JobRunner:
         job.started_at = int(time.time())
         self._save_unless_cancelled(job)
 
-    def _budget(self, job: JobRecord, now: float) -> int:
-        """How many lines this step may process, honouring the job's rate and fault thresholds."""
+    def _stop_line(self, job: JobRecord) -> int:
+        """The line after which an injected FAILED/TIMEOUT ending strikes (else: all lines)."""
+        stop_at = job.total_requests
+        for ending in ("fail", "timeout"):
+            spec = job.progress.faults.get(ending)
+            if isinstance(spec, dict):
+                stop_at = min(stop_at, math.floor(float(spec["after_fraction"]) * stop_at))
+        return stop_at
+
+    def _budget(self, job: JobRecord, cursor: _Cursor, now: float) -> int:
+        """Lines the job may start now: its rate (if any) and its fault threshold permitting."""
         rate = float(
             job.progress.faults.get("requests_per_second") or self.timing.requests_per_second
         )
@@ -156,111 +219,114 @@ class JobRunner:
             job.progress.rate_credit = credit - int(credit)
             budget = int(credit)
         self._last_step[job.id] = now
-        for ending in ("fail", "timeout"):
-            spec = job.progress.faults.get(ending)
-            if isinstance(spec, dict):
-                stop_at = math.floor(float(spec["after_fraction"]) * job.total_requests)
-                budget = min(budget, stop_at - job.completed_requests)
-        return budget
+        return min(budget, self._stop_line(job) - cursor.line_number)
 
-    def _process_chunk(self, job: JobRecord, now: float) -> bool:
-        budget = self._budget(job, now)
-        for ending, status in (("fail", "FAILED"), ("timeout", "TIMEOUT_EXCEEDED")):
-            spec = job.progress.faults.get(ending)
-            if (
-                isinstance(spec, dict)
-                and budget <= 0
-                and job.completed_requests < job.total_requests
+    def _submit(self, job: JobRecord, now: float) -> bool:
+        """Start slices until every worker has two queued; False when nothing was started."""
+        queue = self._inflight.setdefault(job.id, deque())
+        cursor = self._cursors.get(job.id)
+        if cursor is None:
+            saved = job.progress
+            cursor = _Cursor(saved.file_index, saved.byte_offset, saved.line_number)
+            self._cursors[job.id] = cursor
+        started = False
+        while len(queue) < 2 * self.workers:
+            budget = self._budget(job, cursor, now)
+            lines = self._read_lines(job, cursor, budget) if budget > 0 else []
+            if not lines:
+                break
+            base = self.store.jobs_dir / f"{job.id}.{lines[0][0]}"
+            work = Slice(
+                job.id,
+                job.endpoint,
+                job.model,
+                lines,
+                self._line_faults(lines),
+                base.with_name(base.name + ".out-segment"),
+                base.with_name(base.name + ".err-segment"),
+            )
+            after = _Cursor(cursor.file_index, cursor.byte_offset, cursor.line_number)
+            queue.append(_InFlight(self._pool().submit(answer_slice, work), after, len(lines)))
+            started = True
+        return started
+
+    def _commit(self, job: JobRecord) -> bool:
+        """Splice finished slices, in order, into the partial files; save progress; end the job
+        when every line is answered or an injected ending is due."""
+        queue = self._inflight.get(job.id, deque())
+        committed = False
+        while queue and queue[0].future.done():
+            done = queue.popleft()
+            result = done.future.result()
+            progress = job.progress
+            for path, count, names in (
+                (result.out_path, result.succeeded, progress.out_segments),
+                (result.err_path, result.failed, progress.err_segments),
             ):
-                self._finish(job.id, status, str(spec["message"]))
-                return True
-        if budget <= 0:
-            return False
-        out_lines: list[bytes] = []
-        err_lines: list[bytes] = []
+                if count:
+                    names.append(path.name)
+                else:
+                    path.unlink()
+            progress.file_index = done.cursor_after.file_index
+            progress.byte_offset = done.cursor_after.byte_offset
+            progress.line_number = done.cursor_after.line_number
+            job.succeeded_requests += result.succeeded
+            job.failed_requests += result.failed
+            job.completed_requests = job.succeeded_requests + job.failed_requests
+            committed = True
+        if committed:
+            self._save_unless_cancelled(job)
+        if queue:
+            return committed
+        if job.completed_requests >= job.total_requests:
+            self._finish(job.id, "SUCCESS")
+            return True
+        if job.completed_requests >= self._stop_line(job):
+            for ending, status in (("fail", "FAILED"), ("timeout", "TIMEOUT_EXCEEDED")):
+                spec = job.progress.faults.get(ending)
+                if isinstance(spec, dict):
+                    self._finish(job.id, status, str(spec["message"]))
+                    return True
+        return committed
+
+    def _read_lines(self, job: JobRecord, cursor: _Cursor, budget: int) -> list[tuple[int, bytes]]:
+        """The next ``budget`` non-blank lines from ``cursor``, which advances past them."""
         inputs = self._inputs(job)
-        progress = job.progress
-        while budget > 0 and progress.file_index < len(inputs):
-            with inputs[progress.file_index].open("rb") as handle:
-                handle.seek(progress.byte_offset)
-                while budget > 0:
+        lines: list[tuple[int, bytes]] = []
+        while len(lines) < budget and cursor.file_index < len(inputs):
+            with inputs[cursor.file_index].open("rb") as handle:
+                handle.seek(cursor.byte_offset)
+                while len(lines) < budget:
                     raw = handle.readline()
                     if not raw:
-                        progress.file_index += 1
-                        progress.byte_offset = 0
+                        cursor.file_index += 1
+                        cursor.byte_offset = 0
                         break
-                    progress.byte_offset += len(raw)
-                    if not raw.strip():
-                        continue
-                    progress.line_number += 1
-                    budget -= 1
-                    ok, line = self._answer(job, raw, progress.line_number)
-                    (out_lines if ok else err_lines).append(line)
-        # Output order is not input order on the real service either.
-        random.Random(seed_of(job.id, str(progress.line_number))).shuffle(out_lines)
-        for kind, lines in (("out", out_lines), ("err", err_lines)):
-            if lines:
-                with self.store.partial(job.id, kind).open("ab") as handle:  # type: ignore[arg-type]
-                    handle.write(b"".join(lines))
-        progress.out_bytes += sum(map(len, out_lines))
-        progress.err_bytes += sum(map(len, err_lines))
-        job.succeeded_requests += len(out_lines)
-        job.failed_requests += len(err_lines)
-        job.completed_requests = job.succeeded_requests + job.failed_requests
-        if self.injector.plan.lines is not None:
-            self.store.save_fault_state()
-        self._save_unless_cancelled(job)
-        if progress.file_index >= len(inputs):
-            self._finish(job.id, "SUCCESS")
-        return True
+                    cursor.byte_offset += len(raw)
+                    if raw.strip():
+                        cursor.line_number += 1
+                        lines.append((cursor.line_number, raw))
+        return lines
 
-    def _answer(self, job: JobRecord, raw: bytes, number: int) -> tuple[bool, bytes]:
-        custom_id: Any = None
-        try:
-            request = orjson.loads(raw)
-            if not isinstance(request, dict) or not isinstance(request.get("body"), dict):
-                raise ValueError("a request line needs a JSON object 'body'")
-            custom_id = request.get("custom_id")
-            with self.store.lock:
-                fault = self.injector.line_fault(
-                    str(custom_id if custom_id is not None else number)
-                )
-            error: str | None = None
-            if fault is not None:
-                status = fault.status
-                message = fault.message or (
-                    "Rate limit exceeded" if status == 429 else "Internal server error"
-                )
-                body: Any = {
-                    "object": "error",
-                    "message": message,
-                    "type": "rate_limited" if status == 429 else "internal_error",
-                    "param": None,
-                    "code": None,
-                }
-                if fault.style == "string":
-                    body, error = None, message
-            else:
-                status, body = self.engine.call(job.endpoint, request["body"], job.model)
-        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
-            status, error = 400, None
-            body = {
-                "object": "error",
-                "message": f"Invalid request line {number}: {exc}",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": None,
-            }
-        line = {
-            "id": f"batch-{job.id[:8]}-{number}-{uuid.uuid4()}",
-            "custom_id": custom_id,
-            "response": {"status_code": status, "body": body},
-            "error": error,
-        }
-        return status < 400 and error is None, orjson.dumps(line, option=_DUMP_OPTIONS)
+    def _line_faults(self, lines: list[tuple[int, bytes]]) -> dict[int, LineFault]:
+        rule = self.injector.plan.lines
+        if rule is None:
+            return {}
+        faults = {}
+        with self.store.lock:
+            for number, raw in lines:
+                custom_id = custom_id_of(raw)
+                fired = self.injector.line_fault(str(number if custom_id is None else custom_id))
+                if fired is not None:
+                    default = "Rate limit exceeded" if fired.status == 429 else "Internal error"
+                    faults[number] = LineFault(
+                        fired.status, fired.message or default, fired.style == "string"
+                    )
+            self.store.save_fault_state()
+        return faults
 
     def _save_unless_cancelled(self, job: JobRecord) -> None:
-        """Save progress, keeping a cancel or delete that arrived while the chunk ran."""
+        """Save progress, keeping a cancel or delete that arrived while the slice ran."""
         with self.store.lock:
             current = self.store.jobs.get(job.id)
             if current is None:
@@ -269,33 +335,51 @@ class JobRunner:
                 job.status = "CANCELLATION_REQUESTED"
             self.store.save_job(job)
 
+    def _drain(self, job_id: str) -> None:
+        """Forget a job's in-flight slices (waiting for them) and its read cursor."""
+        for item in self._inflight.pop(job_id, deque()):
+            try:
+                result = item.future.result()
+            except Exception:  # the job is ending anyway; its slice is discarded
+                logger.exception("job %s: a discarded slice failed", job_id)
+                continue
+            result.out_path.unlink(missing_ok=True)
+            result.err_path.unlink(missing_ok=True)
+        self._cursors.pop(job_id, None)
+        self._last_step.pop(job_id, None)
+
     def _finish(self, job_id: str, status: str, message: str | None = None) -> None:
+        self._drain(job_id)
         with self.store.lock:
             job = self.store.jobs.get(job_id)
             if job is None:
                 return
             job = job.model_copy(deep=True)
-            for kind, sample_type in (("out", "batch_result"), ("err", "batch_error")):
-                partial = self.store.partial(job.id, kind)  # type: ignore[arg-type]
-                if partial.exists() and partial.stat().st_size > 0:
-                    file_id = self.store.new_file_id()
-                    partial.replace(self.store.file_data(file_id))
-                    name = "output" if kind == "out" else "error"
-                    self.store.register_file(
-                        file_id,
-                        f"batch-{job.id}-{name}.jsonl",
-                        purpose="batch",
-                        sample_type=sample_type,
-                        source="mistral",
-                    )
-                    if kind == "out":
-                        job.output_file = file_id
-                    else:
-                        job.error_file = file_id
+            outputs = (
+                ("output", "batch_result", job.progress.out_segments, job.succeeded_requests),
+                ("error", "batch_error", job.progress.err_segments, job.failed_requests),
+            )
+            for name, sample_type, segments, lines in outputs:
+                if not segments:
+                    continue
+                file_id = self.store.new_file_id()
+                self.store.adopt_segments(file_id, [self.store.jobs_dir / s for s in segments])
+                self.store.register_file(
+                    file_id,
+                    f"batch-{job.id}-{name}.jsonl",
+                    purpose="batch",
+                    sample_type=sample_type,
+                    source="mistral",
+                    num_lines=lines,
+                )
+                if name == "output":
+                    job.output_file = file_id
+                else:
+                    job.error_file = file_id
+            job.progress.out_segments, job.progress.err_segments = [], []
             job.status = status  # type: ignore[assignment]
             job.completed_at = int(time.time())
             if message:
                 job.errors.append({"message": message, "count": 1})
             self.store.save_job(job)
-            self._last_step.pop(job.id, None)
         logger.info("job %s: %s", job.id, status)

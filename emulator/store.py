@@ -2,8 +2,11 @@
 
 Layout::
 
-    files/<id>.json      file metadata          files/<id>.data     file content
-    jobs/<id>.json       job record + progress  jobs/<id>.out|.err  partial output while running
+    files/<id>.json      file metadata
+    files/<id>.data      an uploaded file's content
+    files/<id>.parts/    a job output's content: segments, read in name order
+    jobs/<id>.json       job record + progress
+    jobs/<id>.<n>.out-segment, .err-segment   answered slices of a running job
     jobs/<id>.inline     inline requests of a job created with ``requests=``
     faults.json          fault-injection counters (so faults stay deterministic across restarts)
 
@@ -12,6 +15,7 @@ Every JSON record is replaced atomically (write to a temporary file, then rename
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import uuid
@@ -61,8 +65,8 @@ class Progress(BaseModel):
     file_index: int = 0
     byte_offset: int = 0
     line_number: int = 0
-    out_bytes: int = 0
-    err_bytes: int = 0
+    out_segments: list[str] = Field(default_factory=list)  # committed, in order
+    err_segments: list[str] = Field(default_factory=list)
     faults: dict[str, Any] = Field(default_factory=dict)
     rate_credit: float = 0.0
 
@@ -131,6 +135,20 @@ class Store:
     def file_data(self, file_id: str) -> Path:
         return self.files_dir / f"{file_id}.data"
 
+    def file_parts(self, file_id: str) -> list[Path]:
+        """The paths holding a file's content, in order (empty if it has none)."""
+        single = self.file_data(file_id)
+        if single.exists():
+            return [single]
+        return sorted((self.files_dir / f"{file_id}.parts").glob("*"))
+
+    def adopt_segments(self, file_id: str, segments: list[Path]) -> None:
+        """Make job segments the content of a new file, without copying bytes."""
+        parts = self.files_dir / f"{file_id}.parts"
+        parts.mkdir()
+        for index, segment in enumerate(segments):
+            segment.replace(parts / f"{index:08d}")
+
     def add_file(self, record: FileRecord) -> None:
         with self.lock:
             _write_atomic(self.files_dir / f"{record.id}.json", record.model_dump_json().encode())
@@ -144,13 +162,22 @@ class Store:
             self.files.pop(file_id)
             (self.files_dir / f"{file_id}.json").unlink()
             self.file_data(file_id).unlink(missing_ok=True)
+            shutil.rmtree(self.files_dir / f"{file_id}.parts", ignore_errors=True)
 
     def register_file(
-        self, file_id: str, filename: str, *, purpose: str, sample_type: str, source: str
+        self,
+        file_id: str,
+        filename: str,
+        *,
+        purpose: str,
+        sample_type: str,
+        source: str,
+        num_lines: int | None = None,
+        visibility: str = "workspace",
     ) -> FileRecord:
-        """Record a file whose content already sits at ``file_data(file_id)``."""
-        path = self.file_data(file_id)
-        size = path.stat().st_size
+        """Record a file whose content already sits in ``file_parts(file_id)``."""
+        parts = self.file_parts(file_id)
+        size = sum(part.stat().st_size for part in parts)
         record = FileRecord(
             id=file_id,
             bytes=size,
@@ -159,7 +186,8 @@ class Store:
             purpose=purpose,
             sample_type=sample_type,
             source=source,
-            num_lines=count_lines(path),
+            num_lines=sum(map(count_lines, parts)) if num_lines is None else num_lines,
+            visibility=visibility,
         )
         self.add_file(record)
         return record
@@ -173,11 +201,11 @@ class Store:
     def delete_job(self, job_id: str) -> None:
         with self.lock:
             self.jobs.pop(job_id)
-            for suffix in (".json", ".out", ".err", ".inline"):
-                (self.jobs_dir / f"{job_id}{suffix}").unlink(missing_ok=True)
+            for path in self.jobs_dir.glob(f"{job_id}.*"):
+                path.unlink(missing_ok=True)
 
-    def partial(self, job_id: str, kind: Literal["out", "err", "inline"]) -> Path:
-        return self.jobs_dir / f"{job_id}.{kind}"
+    def inline_input(self, job_id: str) -> Path:
+        return self.jobs_dir / f"{job_id}.inline"
 
     def save_fault_state(self) -> None:
         with self.lock:
