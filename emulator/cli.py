@@ -42,6 +42,9 @@ def emulator(
     hour_seconds: Annotated[
         float, typer.Option(help="Real seconds per hour of a job's timeout_hours.")
     ] = 3600.0,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Processes answering batch lines; 0: one per core.")
+    ] = 0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Serve Mistral's files, batch-jobs and inference routes on HOST:PORT."""
@@ -65,6 +68,7 @@ def emulator(
             queue_seconds=queue_seconds,
             requests_per_second=requests_per_second,
             hour_seconds=hour_seconds,
+            workers=workers,
         ),
     )
     serve(config, host, port, access_log=access_log)

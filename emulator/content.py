@@ -141,7 +141,7 @@ def choose_label(options: Sequence[Any], text: str, salt: str) -> Any:
     if best > 0:
         return options[hits.index(best)]
     for option in options:
-        if str(option).lower() in lexicon.FALLBACK_LABELS:
+        if lexicon.is_fallback(str(option)):
             return option
     return options[int(unit_draw(salt, text) * len(options))]
 

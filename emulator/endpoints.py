@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,9 +46,12 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+Inputs = str | Annotated[list[str], Field(min_length=1)]
+
+
 class EmbeddingRequest(_Strict):
     model: str
-    input: str | list[str]
+    input: Inputs
     output_dimension: int | None = Field(default=None, gt=0)
     output_dtype: Literal["float", "int8", "uint8", "binary", "ubinary"] | None = None
     encoding_format: Literal["float", "base64"] | None = None
@@ -57,7 +60,7 @@ class EmbeddingRequest(_Strict):
 
 class ModerationRequest(_Strict):
     model: str
-    input: str | list[str]
+    input: Inputs
     metadata: dict[str, Any] | None = None
 
 
@@ -68,7 +71,7 @@ class ChatModerationRequest(_Strict):
 
 class ClassificationRequest(_Strict):
     model: str
-    input: str | list[str]
+    input: Inputs
     metadata: dict[str, Any] | None = None
 
 

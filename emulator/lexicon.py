@@ -60,10 +60,19 @@ LABEL_HINTS: dict[str, frozenset[str]] = {
 FALLBACK_LABELS = ("neutral", "other", "none", "safe", "non-toxic", "ok", "normal", "unknown")
 
 
+def is_negated(label: str) -> bool:
+    return label.lower().replace("_", "-").replace(" ", "-").startswith(("non-", "not-", "no-"))
+
+
+def is_fallback(label: str) -> bool:
+    """A label to pick when no word speaks for any: "neutral", "other", "not_spam"..."""
+    return label.lower() in FALLBACK_LABELS or is_negated(label)
+
+
 def hints_for(label: str) -> frozenset[str]:
     """Words that speak for ``label``; a negated label ("non-toxic") has none of its own."""
     name = label.lower()
-    if name.startswith(("non", "not")):
+    if is_negated(name):
         return frozenset()
     own = frozenset(_WORD.findall(name.replace("_", " ").replace("-", " ")))
     return own | LABEL_HINTS.get(name, frozenset())

@@ -83,6 +83,7 @@ class JobRunner:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._last_step: dict[str, float] = {}
+        self._rate_credit: dict[str, float] = {}  # fractions of a line earned at a set rate
         self._cursors: dict[str, _Cursor] = {}
         self._inflight: dict[str, deque[_InFlight]] = {}
         self._thread = threading.Thread(target=self._loop, name="emulator-jobs", daemon=True)
@@ -215,8 +216,8 @@ class JobRunner:
         budget = self.timing.chunk_lines
         if rate > 0:
             elapsed = now - self._last_step.get(job.id, now)
-            credit = min(job.progress.rate_credit + rate * elapsed, float(budget))
-            job.progress.rate_credit = credit - int(credit)
+            credit = min(self._rate_credit.get(job.id, 0.0) + rate * elapsed, float(budget))
+            self._rate_credit[job.id] = credit - int(credit)
             budget = int(credit)
         self._last_step[job.id] = now
         return min(budget, self._stop_line(job) - cursor.line_number)
@@ -347,6 +348,7 @@ class JobRunner:
             result.err_path.unlink(missing_ok=True)
         self._cursors.pop(job_id, None)
         self._last_step.pop(job_id, None)
+        self._rate_credit.pop(job_id, None)
 
     def _finish(self, job_id: str, status: str, message: str | None = None) -> None:
         self._drain(job_id)

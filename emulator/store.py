@@ -68,7 +68,6 @@ class Progress(BaseModel):
     out_segments: list[str] = Field(default_factory=list)  # committed, in order
     err_segments: list[str] = Field(default_factory=list)
     faults: dict[str, Any] = Field(default_factory=dict)
-    rate_credit: float = 0.0
 
 
 class JobRecord(BaseModel):

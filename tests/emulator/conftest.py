@@ -1,0 +1,114 @@
+"""Emulators started as real processes on loopback, driven by the official SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mistralai.client import Mistral, models
+
+from emulator.server import EmulatorProcess
+
+API_KEY = "sk-emulator-test"
+TERMINAL = {"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"}
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    """One shared emulator (worker processes included) for tests that need no faults."""
+    data = tmp_path_factory.mktemp("emulator")
+    with EmulatorProcess(data, api_key=API_KEY, extra_args=("--queue-seconds", "0.2")) as emu:
+        yield emu
+
+
+@pytest.fixture
+def client(emulator: EmulatorProcess) -> Mistral:
+    return Mistral(api_key=API_KEY, server_url=emulator.url)
+
+
+StartEmulator = Callable[..., EmulatorProcess]
+
+
+@pytest.fixture
+def start_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
+    """Start a dedicated emulator (a fault plan, timing options); every one is stopped after."""
+    started: list[EmulatorProcess] = []
+
+    def start(
+        faults: dict[str, Any] | None = None,
+        *args: str,
+        data_dir: Path | None = None,
+    ) -> EmulatorProcess:
+        plan = None
+        if faults is not None:
+            plan = tmp_path / f"faults-{len(started)}.yaml"
+            plan.write_text(yaml.safe_dump(faults))
+        emu = EmulatorProcess(
+            data_dir or tmp_path / f"data-{len(started)}",
+            api_key=API_KEY,
+            faults=plan,
+            extra_args=("--queue-seconds", "0.1", "--workers", "1", *args),
+        )
+        started.append(emu)
+        return emu.start()
+
+    yield start
+    for emu in started:
+        emu.stop()
+
+
+def sdk(emu: EmulatorProcess, **kwargs: Any) -> Mistral:
+    return Mistral(api_key=API_KEY, server_url=emu.url, **kwargs)
+
+
+def jsonl(requests: list[dict[str, Any]]) -> bytes:
+    """Request lines as the SDK's helper writes them: compact, no trailing newline."""
+    return "\n".join(json.dumps(r, separators=(",", ":")) for r in requests).encode()
+
+
+def submit(
+    client: Mistral,
+    endpoint: str,
+    bodies: list[dict[str, Any]],
+    model: str | None = None,
+    **job: Any,
+) -> models.BatchJob:
+    lines = [{"custom_id": str(i), "body": body} for i, body in enumerate(bodies)]
+    uploaded = client.files.upload(
+        file={"file_name": "requests.jsonl", "content": jsonl(lines)}, purpose="batch"
+    )
+    return client.batch.jobs.create(
+        endpoint=endpoint,  # type: ignore[arg-type]
+        input_files=[uploaded.id],
+        model=model,
+        **job,
+    )
+
+
+def wait_for(
+    client: Mistral,
+    job_id: str,
+    until: Callable[[models.BatchJob], bool] = lambda j: j.status in TERMINAL,
+    timeout: float = 60.0,
+) -> models.BatchJob:
+    """Poll the job (there is no push API) until ``until`` holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.batch.jobs.get(job_id=job_id)
+        if until(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job.status} after {timeout} s: {job}")
+        time.sleep(0.05)
+
+
+def read_lines(client: Mistral, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    response = client.files.download(file_id=file_id)
+    return [json.loads(line) for line in response.read().splitlines() if line.strip()]
