@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emulator import content
 from emulator.catalog import EMBED_MODELS, MODERATION_MODELS, Catalog
-from emulator.tokens import TokenCounter, message_text
 from emulator.vectors_json import json_rows
+from tasks.tokens import TokenCounter, message_text
 
 MAX_EMBEDDING_INPUTS = 512
 MAX_EMBEDDING_TOKENS = 16_384

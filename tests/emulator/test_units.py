@@ -16,8 +16,8 @@ from emulator import content
 from emulator.catalog import Catalog
 from emulator.faults import FaultInjector, FaultPlan, route_matches
 from emulator.store import count_lines
-from emulator.tokens import TokenCounter
 from emulator.vectors_json import json_rows
+from tasks.tokens import TokenCounter
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,4 +1,5 @@
-"""Token counts for ``usage`` and the per-request limits, from mistral-common's offline tokenizers.
+"""Token counts from mistral-common's offline tokenizers, shared by request packing, cost
+estimates and the emulator's ``usage``.
 
 Counting rules (see the Mistral contract notes, §8):
 
@@ -48,8 +49,9 @@ class TokenCounter:
             processor = self._sentencepiece._model  # batch encode: one C++ call for the list
             encoded = processor.encode(list(texts))
         else:
-            tokenizer = self._tekken_chat.instruct_tokenizer.tokenizer
-            encoded = [tokenizer.encode(text, bos=False, eos=False) for text in texts]
+            # tiktoken's plain encoder: the same length as Tekkenizer.encode, without its checks.
+            encoding = self._tekken_chat.instruct_tokenizer.tokenizer._model
+            encoded = map(encoding.encode_ordinary, texts)
         return np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(texts))
 
     def text(self, text: str) -> int:

@@ -1,0 +1,123 @@
+"""``make demo``: the enrich flow on a generated dataset, against the local emulator.
+
+With ``MISTRAL_API_KEY`` set and no ``MISTRAL_SERVER_URL``, the same runs target the real API
+(and cost money); otherwise an emulator is started on a free loopback port and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from emulator.server import EmulatorProcess
+from schemas.params import EnrichParams, Kind, KindOptions
+
+DEMO_DIR = Path(".demo")
+ROWS = 3_000
+
+_SUBJECTS = ["The parcel", "Support", "The app", "My order", "The refund", "This update", "The team"]
+_PRAISE = ["was fast and excellent", "is great, I love it", "was amazing and helpful"]
+_COMPLAINTS = ["arrived late and broken", "is terrible, the worst", "was slow and awful"]
+_NEUTRAL = ["arrived on Tuesday", "is being reviewed", "was discussed in the meeting"]
+_TOXIC = [
+    "you idiots, I will destroy you",
+    "I hate you all, kill this racist company",
+    "you stupid losers should die",
+]
+
+
+def sample_dataset(path: Path, rows: int = ROWS, seed: int = 7) -> Path:
+    """Short customer comments (a few toxic, a few empty), as a Parquet file."""
+    rng = random.Random(seed)
+    texts: list[str | None] = []
+    for i in range(rows):
+        if i % 500 == 499:
+            texts.append(None if i % 1000 == 999 else "   ")
+            continue
+        pool = rng.choices([_PRAISE, _COMPLAINTS, _NEUTRAL, _TOXIC], weights=[4, 4, 3, 1])[0]
+        texts.append(f"{rng.choice(_SUBJECTS)} {rng.choice(pool)} (ticket {rng.randrange(10_000)})")
+    frame = pl.DataFrame(
+        {
+            "comment_id": [f"c{i:06d}" for i in range(rows)],
+            "channel": [rng.choice(["email", "chat", "store"]) for _ in range(rows)],
+            "text": texts,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+    return path
+
+
+def runs(source: Path, output: Path) -> list[EnrichParams]:
+    common = {
+        "input": str(source),
+        "id_column": "comment_id",
+        "text_column": "text",
+        "shard_size": 1_000,
+        "poll_interval": 0.5,
+    }
+    return [
+        EnrichParams(kind=Kind.embeddings, output=str(output / "embeddings"), **common),  # type: ignore[arg-type]
+        EnrichParams(kind=Kind.moderation, output=str(output / "moderation"), **common),  # type: ignore[arg-type]
+        EnrichParams(
+            kind=Kind.classification,
+            output=str(output / "classification"),
+            options=KindOptions(labels=["positive", "negative", "neutral"]),
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+def show(params: EnrichParams) -> None:
+    table = pl.scan_parquet(str(Path(params.output) / "partition=*" / "*.parquet")).collect()
+    print(f"\n== {params.kind.value}: {table.height:,} rows in {Path(params.output).resolve()}")
+    preview = table.drop("embedding", strict=False).head(5)
+    if params.kind is Kind.embeddings:
+        preview = table.select(
+            "comment_id", "text", pl.col("embedding").arr.head(4).alias("embedding[:4]")
+        ).head(5)
+    if params.kind is Kind.moderation:
+        preview = table.select("comment_id", "text", "flagged", "score_violence_and_threats")
+        preview = pl.concat([preview.filter(pl.col("flagged")).head(3), preview.head(3)])
+    with pl.Config(tbl_cols=8, fmt_str_lengths=60, tbl_width_chars=140):
+        print(preview)
+
+
+def main() -> None:
+    started = time.monotonic()
+    from flows.enrich import enrich
+
+    source = sample_dataset(DEMO_DIR / "input" / "comments.parquet")
+    output = DEMO_DIR / "output"
+    real_api = bool(os.environ.get("MISTRAL_API_KEY")) and not os.environ.get("MISTRAL_SERVER_URL")
+    emulator = None
+    if not real_api:
+        key = "demo-key"
+        emulator = EmulatorProcess(DEMO_DIR / "emulator", api_key=key).start()
+        os.environ["MISTRAL_SERVER_URL"] = emulator.url
+        os.environ["MISTRAL_API_KEY"] = key
+        print(f"Emulator (not the real Mistral API) at {emulator.url}")
+    else:
+        print("MISTRAL_API_KEY is set: the demo runs against the real Mistral API.")
+    try:
+        for params in runs(source, output):
+            summary = enrich(params)
+            print(
+                f"{params.kind.value}: {summary.enriched_rows:,} enriched, "
+                f"{summary.rejected_rows:,} rejected {summary.rejected_by_reason}"
+            )
+        for params in runs(source, output):
+            show(params)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    print(f"\nDemo done in {time.monotonic() - started:.0f} s. Tables under {output.resolve()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The enrich flow's parameters: pydantic models and enums, so the Prefect UI renders a form."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Kind(StrEnum):
+    """What to ask Mistral for each row."""
+
+    embeddings = "embeddings"
+    moderation = "moderation"
+    chat_moderation = "chat-moderation"
+    classification = "classification"  # zero-shot labels through /v1/chat/completions
+    classifier = "classifier"  # a fine-tuned classifier through /v1/classifications
+
+
+ENDPOINTS: dict[Kind, str] = {
+    Kind.embeddings: "/v1/embeddings",
+    Kind.moderation: "/v1/moderations",
+    Kind.chat_moderation: "/v1/chat/moderations",
+    Kind.classification: "/v1/chat/completions",
+    Kind.classifier: "/v1/classifications",
+}
+
+DEFAULT_MODELS: dict[Kind, str] = {
+    Kind.embeddings: "mistral-embed",
+    Kind.moderation: "mistral-moderation-latest",
+    Kind.chat_moderation: "mistral-moderation-latest",
+    Kind.classification: "mistral-small-latest",
+}
+
+DEFAULT_INSTRUCTIONS = (
+    "Classify the user's text. Answer with the single label from the allowed set that fits best."
+)
+
+
+class KindOptions(BaseModel):
+    """Options of the chosen kind; those of other kinds are ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        default=None,
+        description="Model id. Default per kind: mistral-embed, mistral-moderation-latest, "
+        "mistral-small-latest (classification). Required for kind 'classifier' "
+        "unless classifier_model is given.",
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="classification: the allowed labels (at least two).",
+    )
+    instructions: str = Field(
+        default=DEFAULT_INSTRUCTIONS, description="classification: the system prompt."
+    )
+    classifier_model: str | None = Field(
+        default=None, description="classifier: the fine-tuned model id (ft:classifier:...)."
+    )
+    output_dimension: Annotated[int, Field(gt=0, le=3072)] | None = Field(
+        default=None, description="embeddings with codestral-embed: vector length."
+    )
+
+
+class EnrichParams(BaseModel):
+    """Everything a run needs; validated before anything is read or spent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(
+        description="Parquet input: a file, a directory (hive partitions are read as columns), "
+        "a glob, or an s3:// URI of any of these."
+    )
+    id_column: str = Field(description="Column with a unique, non-null id per row.")
+    text_column: str = Field(
+        description="Column with the text (for chat-moderation: a list of {role, content})."
+    )
+    kind: Kind = Kind.embeddings
+    options: KindOptions = Field(default_factory=KindOptions)
+    output: str = Field(description="Where the enriched table goes: a folder or an s3:// URI.")
+    partition: str | None = Field(
+        default=None,
+        description="Value of the output's `partition` column; default: the run date (UTC).",
+    )
+    shard_size: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=20_000, description="Rows per shard (one batch job each)."
+    )
+    poll_interval: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0, description="Seconds between two status checks of the run's jobs."
+    )
+    timeout_hours: Annotated[int, Field(ge=1, le=168)] = Field(
+        default=24, description="Mistral's timeout per batch job."
+    )
+    max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        default=2, description="Follow-up jobs for rows that failed transiently."
+    )
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> EnrichParams:
+        options = self.options
+        if self.kind is Kind.classification:
+            labels = options.labels
+            if len(labels) < 2 or len(set(labels)) != len(labels) or any(not x for x in labels):
+                raise ValueError(
+                    "kind 'classification' needs options.labels: two or more distinct, "
+                    f"non-empty labels (got {labels!r})"
+                )
+        if self.kind is Kind.classifier and not (options.classifier_model or options.model):
+            raise ValueError(
+                "kind 'classifier' needs options.classifier_model, e.g. "
+                "'ft:classifier:ministral-3b-latest:...'"
+            )
+        if options.output_dimension is not None and self.kind is not Kind.embeddings:
+            raise ValueError("options.output_dimension applies to kind 'embeddings' only")
+        return self
+
+    @property
+    def model(self) -> str:
+        if self.kind is Kind.classifier:
+            return str(self.options.classifier_model or self.options.model)
+        return self.options.model or DEFAULT_MODELS[self.kind]
+
+    @property
+    def endpoint(self) -> str:
+        return ENDPOINTS[self.kind]
+
+    def partition_value(self, now: datetime | None = None) -> str:
+        return self.partition or (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+
+    def result_options(self) -> dict[str, object]:
+        """The options that change a result: part of every job's identity."""
+        options: dict[str, object] = {"kind": self.kind.value, "model": self.model}
+        if self.kind is Kind.classification:
+            options |= {
+                "labels": list(self.options.labels),
+                "instructions": self.options.instructions,
+            }
+        if self.kind is Kind.embeddings and self.options.output_dimension is not None:
+            options["output_dimension"] = self.options.output_dimension
+        return options

@@ -1,0 +1,198 @@
+"""The one module that talks to object storage: local paths and ``s3://`` URIs through fsspec.
+
+Everything else passes URIs around and calls these functions, so a test can point a run at a
+temporary folder or at a real S3 server without patching anything.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tasks.settings import StorageSettings
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class InputNotFoundError(FileNotFoundError):
+    """The input URI names no Parquet data."""
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _strip(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+@lru_cache(maxsize=4)
+def _s3() -> fsspec.AbstractFileSystem:
+    settings = StorageSettings()
+    client_kwargs: dict[str, Any] = {}
+    region = settings.region or settings.default_region
+    if region:
+        client_kwargs["region_name"] = region
+    secret = settings.secret_access_key
+    return fsspec.filesystem(
+        "s3",
+        key=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
+        secret=secret.get_secret_value() if secret else None,
+        token=settings.session_token.get_secret_value() if settings.session_token else None,
+        endpoint_url=settings.endpoint_url,
+        client_kwargs=client_kwargs,
+        use_listings_cache=False,
+    )
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path within it."""
+    if is_remote(uri):
+        protocol, path = uri.split("://", 1)
+        if protocol not in ("s3", "s3a"):
+            raise ValueError(
+                f"unsupported storage scheme {protocol!r} in {uri}: use s3:// or a path"
+            )
+        return _s3(), path
+    return fsspec.filesystem("file"), str(Path(_strip(uri)).absolute())
+
+
+def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    fs, path = filesystem(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return str(Path(_strip(uri), *parts))
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return bytes(fs.cat_file(path))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        handle.write(data)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+@contextmanager
+def open_write(uri: str) -> Iterator[IO[bytes]]:
+    """A binary stream to ``uri`` (the parent folder is created)."""
+    fs, path = filesystem(uri)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        yield handle
+
+
+@contextmanager
+def open_read(uri: str) -> Iterator[IO[bytes]]:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        yield handle
+
+
+def copy_to_local(uri: str, local: Path) -> Path:
+    """Stream ``uri`` into a local file (a no-op copy when it is local already)."""
+    with open_read(uri) as source, local.open("wb") as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
+    return local
+
+
+def local_path(uri: str) -> Path | None:
+    """The filesystem path of a local URI, else None."""
+    return None if is_remote(uri) else Path(_strip(uri))
+
+
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """URIs of the files under ``uri`` (recursively), sorted."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    found = sorted(p for p in fs.find(path) if p.endswith(suffix))
+    prefix = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
+    return [prefix + p for p in found]
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    fs, path = arrow_filesystem(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    pq.write_table(table, path, filesystem=fs, compression="zstd")
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """A whole (small) Parquet file: manifests, failure lists."""
+    fs, path = arrow_filesystem(uri)
+    frame = pl.from_arrow(pq.read_table(path, filesystem=fs, columns=columns))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def scan_parquet(uri: str) -> pl.LazyFrame:
+    """Lazily, through the same filesystem as everything else (hive folders included)."""
+    return pl.scan_pyarrow_dataset(parquet_dataset(uri))
+
+
+def parquet_dataset(uri: str) -> ds.Dataset:
+    """A dataset over Parquet at ``uri`` (file, folder with hive partitions, or glob).
+
+    Raises ``InputNotFoundError`` naming the URI when nothing is there.
+    """
+    fs, path = filesystem(uri)
+    pa_fs, _ = arrow_filesystem(uri)
+    if any(c in path for c in _GLOB_CHARS):
+        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        if not files:
+            raise InputNotFoundError(f"no file matches the input glob {uri}")
+        base = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        base = base if base.endswith("/") else posixpath.dirname(base)
+        return ds.dataset(
+            files,
+            filesystem=pa_fs,
+            format="parquet",
+            partitioning=ds.HivePartitioning.discover(),
+            partition_base_dir=base.rstrip("/") or "/",
+        )
+    if not fs.exists(path):
+        raise InputNotFoundError(f"the input {uri} does not exist")
+    if fs.isdir(path) and not any(p.endswith(".parquet") or fs.isfile(p) for p in fs.find(path)):
+        raise InputNotFoundError(f"the input folder {uri} holds no files")
+    return ds.dataset(path, filesystem=pa_fs, format="parquet", partitioning="hive")
