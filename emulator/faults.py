@@ -25,6 +25,7 @@ on every run, across emulator restarts included. Example::
       rate: 0.1                            # fraction of request lines that fail
       status: 500
       times: 1                             # fail the first N sightings of a custom_id (-1: always)
+      limit: 100                           # at most this many failed lines in all
       style: body                          # body: error object in response.body; string: "error"
 """
 
@@ -176,4 +177,7 @@ class FaultInjector:
         sighting = self._tick(f"line:{custom_id}")
         if rule.times != -1 and sighting >= rule.times:
             return None
+        if rule.limit is not None and self._state.get("line:fired", 0) >= rule.limit:
+            return None
+        self._tick("line:fired")
         return rule

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,15 @@ from schemas.params import EnrichParams, Kind, KindOptions
 DEMO_DIR = Path(".demo")
 ROWS = 3_000
 
-_SUBJECTS = ["The parcel", "Support", "The app", "My order", "The refund", "This update", "The team"]
+_SUBJECTS = [
+    "The parcel",
+    "Support",
+    "The app",
+    "My order",
+    "The refund",
+    "This update",
+    "The team",
+]
 _PRAISE = ["was fast and excellent", "is great, I love it", "was amazing and helpful"]
 _COMPLAINTS = ["arrived late and broken", "is terrible, the worst", "was slow and awful"]
 _NEUTRAL = ["arrived on Tuesday", "is being reviewed", "was discussed in the meeting"]
@@ -61,15 +68,16 @@ def runs(source: Path, output: Path) -> list[EnrichParams]:
         "shard_size": 1_000,
         "poll_interval": 0.5,
     }
+    labels = KindOptions(labels=["positive", "negative", "neutral"])
     return [
-        EnrichParams(kind=Kind.embeddings, output=str(output / "embeddings"), **common),  # type: ignore[arg-type]
-        EnrichParams(kind=Kind.moderation, output=str(output / "moderation"), **common),  # type: ignore[arg-type]
-        EnrichParams(
-            kind=Kind.classification,
-            output=str(output / "classification"),
-            options=KindOptions(labels=["positive", "negative", "neutral"]),
-            **common,  # type: ignore[arg-type]
-        ),
+        EnrichParams.model_validate(
+            common | {"kind": kind, "output": str(output / kind.value), "options": options}
+        )
+        for kind, options in (
+            (Kind.embeddings, KindOptions()),
+            (Kind.moderation, KindOptions()),
+            (Kind.classification, labels),
+        )
     ]
 
 
@@ -120,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

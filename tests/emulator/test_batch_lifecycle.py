@@ -8,7 +8,7 @@ import pytest
 from mistralai.client import Mistral, models
 
 from emulator.catalog import DEFAULT_CLASSIFIER
-from tests.emulator.conftest import StartEmulator, read_lines, sdk, submit, wait_for
+from tests.support import StartEmulator, read_lines, sdk, submit, wait_for
 
 LABEL_SCHEMA = {
     "type": "object",

@@ -12,7 +12,7 @@ from mistralai.client import Mistral, errors
 
 from emulator.catalog import DEFAULT_CLASSIFIER
 from emulator.server import EmulatorProcess
-from tests.emulator.conftest import API_KEY
+from tests.support import API_KEY
 
 TOXIC = "I will kill you and destroy everything, you hateful racist"
 CALM = "The weather in Lyon was mild and the market was busy"

@@ -7,7 +7,7 @@ import pytest
 from mistralai.client import errors
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
-from tests.emulator.conftest import StartEmulator, read_lines, sdk, submit, wait_for
+from tests.support import StartEmulator, read_lines, sdk, submit, wait_for
 
 FAST_RETRY = RetryConfig(
     "backoff", BackoffStrategy(10, 200, 1.5, 10_000), retry_connection_errors=False

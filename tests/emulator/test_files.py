@@ -9,7 +9,7 @@ import pytest
 from mistralai.client import Mistral, errors
 
 from emulator.server import EmulatorProcess
-from tests.emulator.conftest import API_KEY, jsonl
+from tests.support import API_KEY, jsonl
 
 
 def test_upload_retrieve_download_delete(client: Mistral) -> None:

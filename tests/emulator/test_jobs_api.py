@@ -11,7 +11,7 @@ import pytest
 from mistralai.client import Mistral, errors
 
 from emulator.server import EmulatorProcess
-from tests.emulator.conftest import API_KEY, StartEmulator, sdk, submit, wait_for
+from tests.support import API_KEY, StartEmulator, sdk, submit, wait_for
 
 
 def test_list_filters_and_paging(client: Mistral) -> None:

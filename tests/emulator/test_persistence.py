@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator.conftest import StartEmulator, read_lines, sdk, submit, wait_for
+from tests.support import StartEmulator, read_lines, sdk, submit, wait_for
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["crash", "graceful"])

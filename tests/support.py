@@ -1,65 +1,19 @@
-"""Emulators started as real processes on loopback, driven by the official SDK."""
+"""Helpers shared by the test tiers: emulator processes, SDK clients, job polling."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-import yaml
 from mistralai.client import Mistral, models
 
 from emulator.server import EmulatorProcess
 
 API_KEY = "sk-emulator-test"
 TERMINAL = {"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"}
-
-
-@pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    """One shared emulator (worker processes included) for tests that need no faults."""
-    data = tmp_path_factory.mktemp("emulator")
-    with EmulatorProcess(data, api_key=API_KEY, extra_args=("--queue-seconds", "0.2")) as emu:
-        yield emu
-
-
-@pytest.fixture
-def client(emulator: EmulatorProcess) -> Mistral:
-    return Mistral(api_key=API_KEY, server_url=emulator.url)
-
-
 StartEmulator = Callable[..., EmulatorProcess]
-
-
-@pytest.fixture
-def start_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
-    """Start a dedicated emulator (a fault plan, timing options); every one is stopped after."""
-    started: list[EmulatorProcess] = []
-
-    def start(
-        faults: dict[str, Any] | None = None,
-        *args: str,
-        data_dir: Path | None = None,
-    ) -> EmulatorProcess:
-        plan = None
-        if faults is not None:
-            plan = tmp_path / f"faults-{len(started)}.yaml"
-            plan.write_text(yaml.safe_dump(faults))
-        emu = EmulatorProcess(
-            data_dir or tmp_path / f"data-{len(started)}",
-            api_key=API_KEY,
-            faults=plan,
-            extra_args=("--queue-seconds", "0.1", "--workers", "1", *args),
-        )
-        started.append(emu)
-        return emu.start()
-
-    yield start
-    for emu in started:
-        emu.stop()
 
 
 def sdk(emu: EmulatorProcess, **kwargs: Any) -> Mistral:

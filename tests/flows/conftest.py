@@ -1,0 +1,55 @@
+"""Flow tests: the enrich flow under one Prefect test server, against emulators and real S3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from emulator.server import EmulatorProcess
+from tests.seaweed import SeaweedS3
+from tests.support import API_KEY
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_server: None) -> None:
+    """Every flow test runs under the session's Prefect test server."""
+
+
+@pytest.fixture
+def mistral(monkeypatch: pytest.MonkeyPatch, emulator: EmulatorProcess) -> EmulatorProcess:
+    """Point the flow at the shared emulator through the documented variables."""
+    monkeypatch.setenv("MISTRAL_SERVER_URL", emulator.url)
+    monkeypatch.setenv("MISTRAL_API_KEY", API_KEY)
+    return emulator
+
+
+def use(monkeypatch: pytest.MonkeyPatch, emu: EmulatorProcess) -> EmulatorProcess:
+    monkeypatch.setenv("MISTRAL_SERVER_URL", emu.url)
+    monkeypatch.setenv("MISTRAL_API_KEY", API_KEY)
+    return emu
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedS3) -> Iterator[SeaweedS3]:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    from tasks import storage
+
+    storage._s3.cache_clear()  # the filesystem is built from the settings of its first use
+    yield s3_server
+    storage._s3.cache_clear()
+
+
+def write_dataset(path: Path, texts: list[Any], **columns: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"id": list(range(len(texts))), "text": texts, **columns}).write_parquet(path)
+    return path
+
+
+def read_table(folder: str | Path) -> pl.DataFrame:
+    files = sorted(Path(folder).glob("partition=*/*.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files]) if files else pl.DataFrame()

@@ -1,0 +1,168 @@
+"""The enrich flow end to end, for every kind, on local disk and on a real S3 server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from mistralai.client import Mistral
+
+from emulator.catalog import DEFAULT_CLASSIFIER
+from emulator.server import EmulatorProcess
+from flows.enrich import enrich
+from schemas.params import EnrichParams, Kind, KindOptions
+from tasks import storage
+from tests.flows.conftest import read_table, write_dataset
+from tests.seaweed import BUCKET, SeaweedS3
+from tests.support import API_KEY
+
+TEXTS = [
+    "I love this product, excellent",
+    "terrible service, the worst",
+    "the meeting is on Tuesday",
+    "you idiots, I will kill you",
+]
+
+
+def params(source: Path | str, output: Path | str, **overrides: object) -> EnrichParams:
+    base: dict[str, object] = {
+        "input": str(source),
+        "id_column": "id",
+        "text_column": "text",
+        "output": str(output),
+        "partition": "2026-11-22",
+        "poll_interval": 0.1,
+        "shard_size": 100,
+    }
+    return EnrichParams.model_validate(base | overrides)
+
+
+def jobs_of_run(emu: EmulatorProcess, run_key: str) -> list[str]:
+    client = Mistral(api_key=API_KEY, server_url=emu.url)
+    return [
+        j.id
+        for j in client.batch.jobs.list(metadata={"enrich_run": run_key}, page_size=100).data or []
+    ]
+
+
+def test_embeddings_end_to_end(tmp_path: Path, mistral: EmulatorProcess) -> None:
+    texts: list[str | None] = [f"{TEXTS[i % 4]} #{i % 60}" for i in range(250)]
+    texts[7], texts[8] = None, "  "
+    source = write_dataset(tmp_path / "in.parquet", texts, team=[f"t{i % 3}" for i in range(250)])
+    summary = enrich(params(source, tmp_path / "out"))
+
+    table = read_table(tmp_path / "out")
+    assert table.height == 248 and summary.enriched_rows == 248
+    assert table.schema["embedding"] == pl.Array(pl.Float32, 1024)
+    assert table.columns == [
+        "id",
+        "text",
+        "team",
+        "embedding",
+        "enriched_at",
+        "model",
+        "batch_job_id",
+    ]
+    assert set(table["model"]) == {"mistral-embed"}
+    # Each row has its own text's vector: compare with a direct call for a few rows.
+    client = Mistral(api_key=API_KEY, server_url=mistral.url)
+    sample = table.sort("id").head(3)
+    direct = client.embeddings.create(model="mistral-embed", inputs=sample["text"].to_list())
+    for row, answer in zip(sample["embedding"].to_list(), direct.data, strict=True):
+        np.testing.assert_allclose(row, answer.embedding, atol=1e-7)
+    # Identical texts were sent once and share a vector.
+    same = table.filter(pl.col("text") == table["text"][0])
+    assert same.height > 1 and same["embedding"].n_unique() == 1
+    assert summary.requests == 3  # 60 distinct texts over 3 shards, packed into one line each
+
+    rejected = read_table(tmp_path / "out" / "_rejected")
+    assert sorted(rejected["reject_reason"]) == ["empty_text", "null_text"]
+    assert summary.rejected_by_reason == {"null_text": 1, "empty_text": 1}
+    assert len(jobs_of_run(mistral, summary.run_key)) == len(summary.jobs) == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        (Kind.moderation, {}),
+        (Kind.classification, {"labels": ["positive", "negative", "neutral"]}),
+        (Kind.classifier, {"classifier_model": DEFAULT_CLASSIFIER}),
+    ],
+    ids=["moderation", "classification", "classifier"],
+)
+def test_text_kinds_end_to_end(
+    tmp_path: Path, mistral: EmulatorProcess, kind: Kind, options: dict[str, object]
+) -> None:
+    source = write_dataset(tmp_path / "in.parquet", TEXTS * 30)
+    enrich(params(source, tmp_path / "out", kind=kind, options=KindOptions.model_validate(options)))
+    table = read_table(tmp_path / "out").sort("id")
+    assert table.height == 120
+    by_text = {row["text"]: row for row in table.head(4).iter_rows(named=True)}
+    if kind is Kind.moderation:
+        assert table.schema["flagged"] == pl.Boolean
+        assert {"category_violence_and_threats", "score_jailbreaking"} <= set(table.columns)
+        assert by_text[TEXTS[3]]["flagged"] and not by_text[TEXTS[2]]["flagged"]
+        assert table.filter(pl.col("flagged")).height == 30
+    elif kind is Kind.classification:
+        assert set(table["label"]) == {"positive", "negative", "neutral"}
+        assert by_text[TEXTS[0]]["label"] == "positive" and by_text[TEXTS[1]]["label"] == "negative"
+    else:
+        assert by_text[TEXTS[0]]["sentiment_label"] == "positive"
+        assert by_text[TEXTS[3]]["toxicity_label"] == "toxic"
+        scores = table.select(pl.col("^sentiment_score_.*$")).to_numpy()
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_chat_moderation_reads_a_messages_column(tmp_path: Path, mistral: EmulatorProcess) -> None:
+    conversations = [
+        [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "I will kill you"}],
+        [{"role": "user", "content": "what time is it?"}],
+        [],
+    ]
+    source = tmp_path / "chats.parquet"
+    pl.DataFrame({"id": ["a", "b", "c"], "text": conversations}).write_parquet(source)
+    summary = enrich(params(source, tmp_path / "out", kind=Kind.chat_moderation))
+    table = read_table(tmp_path / "out").sort("id")
+    assert table["flagged"].to_list() == [True, False]
+    assert summary.rejected_by_reason == {"empty_text": 1}
+
+
+def test_s3_hive_input_and_output(tmp_path: Path, mistral: EmulatorProcess, s3: SeaweedS3) -> None:
+    base = f"s3://{BUCKET}/{tmp_path.name}"
+    for country, offset in (("fr", 0), ("de", 100)):
+        frame = pl.DataFrame(
+            {
+                "id": [offset + i for i in range(40)],
+                "text": [f"{TEXTS[i % 4]} {i}" for i in range(40)],
+            }
+        )
+        with storage.open_write(f"{base}/input/country={country}/part-0.parquet") as sink:
+            frame.write_parquet(sink)
+    summary = enrich(params(f"{base}/input", f"{base}/output", shard_size=30))
+    assert summary.enriched_rows == 80
+    written = storage.list_files(f"{base}/output/partition=2026-11-22", ".parquet")
+    assert written and all(uri.startswith("s3://") for uri in written)
+    table = pl.concat([storage.read_parquet(uri) for uri in written])
+    assert table.height == 80 and set(table["country"]) == {"fr", "de"}  # hive column kept
+    assert storage.list_files(f"{base}/output/_staging", "requests.jsonl")  # staging on S3 too
+
+
+def test_glob_input(tmp_path: Path, mistral: EmulatorProcess) -> None:
+    write_dataset(tmp_path / "in" / "a.parquet", TEXTS)
+    pl.DataFrame({"id": [10, 11], "text": ["x", "y"]}).write_parquet(tmp_path / "in" / "b.parquet")
+    (tmp_path / "in" / "notes.txt").write_text("not parquet, not matched")
+    summary = enrich(params(tmp_path / "in" / "*.parquet", tmp_path / "out"))
+    assert summary.rows_in == 6 and summary.enriched_rows == 6
+
+
+def test_rerun_replaces_the_partition_and_reattaches(
+    tmp_path: Path, mistral: EmulatorProcess
+) -> None:
+    source = write_dataset(tmp_path / "in.parquet", [f"text {i}" for i in range(150)])
+    first = enrich(params(source, tmp_path / "out", shard_size=50))
+    again = enrich(params(source, tmp_path / "out", shard_size=50))
+    assert again.reattached_jobs == len(again.jobs) == len(first.jobs)
+    assert set(again.jobs) == set(first.jobs)  # the same jobs, not paid twice
+    assert read_table(tmp_path / "out").height == 150
