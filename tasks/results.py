@@ -226,8 +226,10 @@ def parse(
         }
     )
     prompt_tokens = completion_tokens = 0
-    sample = _first_line(output) if output is not None else None
-    if output is not None and sample is not None:
+    # Category and target names are read off the first answer; embeddings need no sample.
+    named = kind in (Kind.moderation, Kind.chat_moderation, Kind.classifier)
+    sample = (_first_line(output) if named else {}) if output is not None else None
+    if output is not None and sample is not None and output.stat().st_size:
         frame = pl.scan_ndjson(output, schema=_output_schema(kind, sample)).collect()
         ok = frame.filter(
             (pl.col("response").struct.field("status_code") < 400) & pl.col("error").is_null()
@@ -246,7 +248,8 @@ def parse(
     answered = pl.concat([lines, error_lines.select("custom_id")])
     duplicate_lines = answered.height - answered["custom_id"].n_unique()
     # The first answer wins: an output line before an error line for the same custom_id.
-    items = items.unique(["custom_id", "position"], keep="first", maintain_order=True)
+    if items.select(pl.struct("custom_id", "position").is_duplicated().any()).item():
+        items = items.unique(["custom_id", "position"], keep="first", maintain_order=True)
     error_lines = error_lines.filter(~pl.col("custom_id").is_in(lines["custom_id"].implode()))
     error_lines = error_lines.unique("custom_id", keep="first", maintain_order=True)
 

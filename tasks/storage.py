@@ -153,9 +153,23 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
+    """LZ4: vectors barely compress, and zstd reads them back four times slower."""
     fs, path = arrow_filesystem(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    pq.write_table(table, path, filesystem=fs, compression="zstd")
+    no_dictionary = [f.name for f in table.schema if pa.types.is_floating(_leaf(f.type))]
+    pq.write_table(
+        table,
+        path,
+        filesystem=fs,
+        compression="lz4",
+        use_dictionary=[f.name for f in table.schema if f.name not in no_dictionary],
+    )
+
+
+def _leaf(arrow_type: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    return arrow_type
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pl.DataFrame:
