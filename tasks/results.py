@@ -230,10 +230,12 @@ def parse(
     named = kind in (Kind.moderation, Kind.chat_moderation, Kind.classifier)
     sample = (_first_line(output) if named else {}) if output is not None else None
     if output is not None and sample is not None and output.stat().st_size:
-        frame = pl.scan_ndjson(output, schema=_output_schema(kind, sample)).collect()
-        ok = frame.filter(
-            (pl.col("response").struct.field("status_code") < 400) & pl.col("error").is_null()
-        )
+        ok = pl.scan_ndjson(output, schema=_output_schema(kind, sample)).collect()
+        failed_here = ok.select(
+            (pl.col("response").struct.field("status_code") >= 400) | pl.col("error").is_not_null()
+        ).to_series()
+        if failed_here.any():  # rare: failures usually come in the error file
+            ok = ok.filter(~failed_here)
         usage = ok.select(pl.col("response").struct.field("body").struct.field("usage")).unnest(
             "usage"
         )
@@ -256,13 +258,15 @@ def parse(
     joined = manifest.join(items, on=["custom_id", "position"], how="left")
     answered_ok = pl.col("custom_id").is_in(lines["custom_id"].implode())
     answered_err = pl.col("custom_id").is_in(error_lines["custom_id"].implode())
-    matched = joined.filter(answered_ok)
     internal = ("custom_id", "position", "_invalid", "_present")
     result_cols = [c for c in items.columns if c not in internal]
+    # One pass over the wide columns (vectors); the failure bookkeeping uses the narrow ones.
+    results = joined.filter(
+        answered_ok & pl.col("_present").is_not_null() & pl.col("_invalid").is_null()
+    ).select(TEXT_KEY, *result_cols, pl.lit(job_id).alias("batch_job_id"))
+    narrow = joined.select(TEXT_KEY, "custom_id", "_present", "_invalid")
+    matched = narrow.filter(answered_ok)
     hit = matched.filter(pl.col("_present").is_not_null())
-    results = hit.filter(pl.col("_invalid").is_null()).select(
-        TEXT_KEY, *result_cols, pl.lit(job_id).alias("batch_job_id")
-    )
 
     invalid = hit.filter(pl.col("_invalid").is_not_null()).select(
         TEXT_KEY,
@@ -280,7 +284,7 @@ def parse(
     )
     transient_codes = pl.lit(sorted(TRANSIENT_STATUS_CODES), dtype=pl.List(pl.Int64)).first()
     api_failed = (
-        joined.filter(answered_err & ~answered_ok)
+        narrow.filter(answered_err & ~answered_ok)
         .select(TEXT_KEY, "custom_id")
         .join(error_lines, on="custom_id")
         .select(
@@ -295,7 +299,7 @@ def parse(
             ).alias("transient"),
         )
     )
-    unanswered = joined.filter(~answered_ok & ~answered_err)
+    unanswered = narrow.filter(~answered_ok & ~answered_err)
     missing_lines = unanswered["custom_id"].n_unique()
     not_answered = unanswered.select(
         TEXT_KEY,

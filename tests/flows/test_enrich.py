@@ -166,3 +166,31 @@ def test_rerun_replaces_the_partition_and_reattaches(
     assert again.reattached_jobs == len(again.jobs) == len(first.jobs)
     assert set(again.jobs) == set(first.jobs)  # the same jobs, not paid twice
     assert read_table(tmp_path / "out").height == 150
+
+
+def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    source = write_dataset(tmp_path / "in.parquet", TEXTS)
+    state = enrich(params(source, tmp_path / "out"), return_state=True)
+    assert state.is_completed()
+    secret = API_KEY.encode()
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+    summary = state.result()
+    assert API_KEY not in summary.model_dump_json()
+
+    async def logs_and_run() -> tuple[list[str], str]:
+        async with get_client() as client:
+            run_id = state.state_details.flow_run_id
+            flow_run = await client.read_flow_run(run_id)
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            return [log.message for log in logs], flow_run.model_dump_json()
+
+    messages, flow_run = asyncio.run(logs_and_run())
+    assert messages and not any(API_KEY in m for m in messages)
+    assert API_KEY not in flow_run
