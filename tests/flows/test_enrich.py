@@ -173,6 +173,7 @@ def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> 
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
     source = write_dataset(tmp_path / "in.parquet", TEXTS)
     state = enrich(params(source, tmp_path / "out"), return_state=True)
@@ -191,6 +192,7 @@ def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> 
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
             return [log.message for log in logs], flow_run.model_dump_json()
 
+    APILogHandler().flush()  # logs reach the API in batches: send what is queued first
     messages, flow_run = asyncio.run(logs_and_run())
     assert messages and not any(API_KEY in m for m in messages)
     assert API_KEY not in flow_run
