@@ -1,0 +1,250 @@
+"""Validate: Great Expectations suites over a narrow frame derived from the enriched rows.
+
+Suites are declarative JSON files in ``schemas/expectations/`` with ``$PARAMETER`` placeholders
+filled at run time. Vectors never reach GX: they are reduced with numpy to a few derived columns
+(length, count of non-finite values, L2 norm) first, which keeps a million rows to seconds and a
+few hundred megabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from schemas.params import EnrichParams, Kind
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "schemas" / "expectations"
+SUITE_FOR_KIND = {
+    Kind.embeddings: "embeddings",
+    Kind.moderation: "moderation",
+    Kind.chat_moderation: "moderation",
+    Kind.classification: "classification",
+    Kind.classifier: "classifier",
+}
+KNOWN_DIMENSIONS = {"mistral-embed": 1024, "codestral-embed": 1536}
+DEFAULT_NORM_TOLERANCE = 1e-3
+DEFAULT_MAX_REJECTED_FRACTION = 0.01
+_EXAMPLES = 5
+_GX_LOCK = threading.Lock()  # GX contexts and datasources are not safe across threads
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    example_ids: list[Any] = field(default_factory=list)
+    observed: Any = None
+
+    def describe(self) -> str:
+        where = f" on {self.column}" if self.column else ""
+        count = f": {self.unexpected_count} row(s)" if self.unexpected_count else ""
+        examples = f", e.g. ids {self.example_ids}" if self.example_ids else ""
+        observed = f" (observed {self.observed})" if self.observed is not None else ""
+        return f"{self.expectation}{where}{count}{examples}{observed}"
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    suite: str
+    success: bool
+    evaluated: int
+    failures: list[FailedExpectation]
+    raw: dict[str, Any]  # the GX validation result, JSON-ready, for the manifest and Data Docs
+
+
+def suite_definition(name: str) -> dict[str, Any]:
+    path = SUITES_DIR / f"{name}.json"
+    definition: dict[str, Any] = json.loads(path.read_text())
+    return definition
+
+
+def expected_dimension(params: EnrichParams) -> int | None:
+    if params.options.output_dimension is not None:
+        return params.options.output_dimension
+    return KNOWN_DIMENSIONS.get(params.model.removesuffix("-latest"))
+
+
+def _vector_stats(column: pl.Series) -> pl.DataFrame:
+    """Length, non-finite count and L2 norm of each vector, with numpy on the flat values."""
+    if isinstance(column.dtype, pl.Array):
+        width = column.dtype.size
+        values = column.to_numpy().reshape(len(column), width)  # a view: no copy of the vectors
+        lengths = np.where(column.is_null().to_numpy(), np.nan, width)
+        squares = np.einsum("ij,ij->i", values, values, dtype=np.float64)
+        # A NaN or inf makes the row's sum of squares non-finite: count values in those rows only.
+        nonfinite = np.zeros(len(column), dtype=np.int64)
+        suspect = np.flatnonzero(~np.isfinite(squares))
+        if suspect.size:
+            nonfinite[suspect] = (~np.isfinite(values[suspect])).sum(axis=1)
+    else:
+        lengths_series = column.list.len()
+        lengths = lengths_series.cast(pl.Float64).to_numpy()
+        counts = lengths_series.fill_null(0).to_numpy().astype(np.int64)
+        flat = column.explode().drop_nulls().to_numpy().astype(np.float64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        nonempty = counts > 0
+        squares = np.zeros(len(column))
+        nonfinite = np.zeros(len(column), dtype=np.int64)
+        if flat.size:
+            squares[nonempty] = np.add.reduceat(flat * flat, starts[nonempty])
+            bad = (~np.isfinite(flat)).astype(np.int64)
+            nonfinite[nonempty] = np.add.reduceat(bad, starts[nonempty])
+    with np.errstate(invalid="ignore"):
+        norms = np.sqrt(squares)
+    return pl.DataFrame(
+        {
+            "embedding_length": pl.Series(lengths, dtype=pl.Float64).fill_nan(None),
+            "embedding_nonfinite": nonfinite,
+            "embedding_norm": pl.Series(norms, dtype=pl.Float64).fill_nan(None),
+        }
+    )
+
+
+def derive(kind: Kind, published: pl.DataFrame, id_column: str) -> pl.DataFrame:
+    """The narrow frame GX validates for ``kind``: the id plus derived columns."""
+    ids = published.select(pl.col(id_column).alias("id"))
+    if kind is Kind.embeddings:
+        return pl.concat([ids, _vector_stats(published["embedding"])], how="horizontal")
+    if kind in (Kind.moderation, Kind.chat_moderation):
+        scores = pl.col("^score_.*$").cast(pl.Float64)
+        return pl.concat(
+            [
+                ids,
+                published.select(
+                    pl.min_horizontal(scores).alias("score_min"),
+                    pl.max_horizontal(scores).alias("score_max"),
+                    (pl.col("flagged") == pl.any_horizontal(pl.col("^category_.*$")))
+                    .fill_null(False)
+                    .alias("flagged_consistent"),
+                ),
+            ],
+            how="horizontal",
+        )
+    if kind is Kind.classification:
+        return pl.concat([ids, published.select("label")], how="horizontal")
+    scores = pl.col("^.*_score_.*$").cast(pl.Float64)
+    return pl.concat(
+        [
+            ids,
+            published.select(
+                pl.min_horizontal(scores).alias("score_min"),
+                pl.max_horizontal(scores).alias("score_max"),
+                pl.sum_horizontal(pl.col("^.*_label$").is_not_null()).alias("labels_present"),
+            ),
+        ],
+        how="horizontal",
+    )
+
+
+def rows_frame(published_ids: pl.Series, rejected_ids: pl.Series) -> pl.DataFrame:
+    """One row per input row: its id and whether it was rejected."""
+    return pl.concat(
+        [
+            pl.DataFrame({"id": published_ids, "_rejected": False}),
+            pl.DataFrame({"id": rejected_ids.cast(published_ids.dtype), "_rejected": True}),
+        ]
+    )
+
+
+def kind_parameters(
+    params: EnrichParams, published: pl.DataFrame, derived: pl.DataFrame, norm_tolerance: float
+) -> dict[str, Any]:
+    """Run-time values for the kind's suite."""
+    if params.kind is Kind.embeddings:
+        dimension = expected_dimension(params)
+        if dimension is None:  # an unknown model: hold every vector to the most common length
+            lengths = derived["embedding_length"].drop_nulls().cast(pl.Int64)
+            dimension = int(lengths.mode().sort()[0]) if lengths.len() else 0
+        return {
+            "dimension": dimension,
+            "min_norm": 1.0 - norm_tolerance,
+            "max_norm": 1.0 + norm_tolerance,
+        }
+    if params.kind is Kind.classification:
+        return {"labels": list(params.options.labels)}
+    if params.kind is Kind.classifier:
+        return {"targets": sum(1 for c in published.columns if c.endswith("_label"))}
+    return {}
+
+
+@lru_cache(maxsize=1)
+def _context() -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _suite(name: str) -> Any:
+    import great_expectations as gx
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    definition = suite_definition(name)
+    return gx.ExpectationSuite(
+        name=definition["name"],
+        expectations=[
+            ExpectationConfiguration(**e).to_domain_obj() for e in definition["expectations"]
+        ],
+    )
+
+
+def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -> SuiteResult:
+    """Run a suite over ``frame`` (which has an ``id`` column for examples)."""
+    data = frame.to_pandas(use_pyarrow_extension_array=True)
+    with _GX_LOCK:
+        context = _context()
+        name = f"{suite_name}-{threading.get_ident()}"
+        source = context.data_sources.add_or_update_pandas(name)
+        asset = source.add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe(name).get_batch(
+            batch_parameters={"dataframe": data}
+        )
+        outcome = batch.validate(
+            _suite(suite_name),
+            expectation_parameters=parameters,
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": ["id"],
+                "partial_unexpected_count": _EXAMPLES,
+            },
+        )
+        context.data_sources.delete(name)
+    failures = []
+    for result in outcome.results:
+        if result.success:
+            continue
+        details = result.result or {}
+        index_list = details.get("partial_unexpected_index_list") or []
+        examples = [row.get("id") for row in index_list[:_EXAMPLES] if isinstance(row, dict)]
+        failures.append(
+            FailedExpectation(
+                expectation=result.expectation_config.type,
+                column=result.expectation_config.kwargs.get("column"),
+                unexpected_count=details.get("unexpected_count"),
+                example_ids=[_plain(v) for v in examples],
+                observed=_plain(details.get("observed_value")),
+            )
+        )
+    return SuiteResult(
+        suite=suite_name,
+        success=bool(outcome.success),
+        evaluated=len(outcome.results),
+        failures=failures,
+        raw=outcome.to_json_dict(),
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
