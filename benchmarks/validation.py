@@ -78,7 +78,9 @@ def main() -> None:
 
     def gate() -> bool:
         derived = derive(Kind.embeddings, published, "doc")
-        kind = validate(derived, "embeddings", kind_parameters(params, published, derived, 1e-3))
+        kind = validate(
+            derived, "embeddings", kind_parameters(params, published.columns, derived, 1e-3)
+        )
         everything = validate(
             rows_frame(derived["id"], pl.Series([], dtype=derived["id"].dtype)),
             "rows",

@@ -1,4 +1,5 @@
-"""The enrich flow: plan → requests → submit → wait → collect (→ retry) → write → summary."""
+"""The enrich flow: plan → requests → submit → wait → collect (→ retry) → write (staging) →
+validate → publish or quarantine → summary."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef
 from tasks.batch import collect_job, submit_shard, wait_for_jobs
 from tasks.plan import plan_input
+from tasks.publish import publish_partition, quarantine_run
 from tasks.requests import build_requests, build_retry_requests
 from tasks.summary import publish_summary, summarize
-from tasks.write import clear_partition, write_shard_task
+from tasks.validate import validate_run
+from tasks.write import write_shard_task
 
 
 def _run_jobs(
@@ -60,7 +63,6 @@ def enrich(params: EnrichParams) -> RunSummary:
         all_collected += collected
         requests += sum(s.requests for s in retry_shards)
 
-    clear_partition(params, plan.partition)
     written = write_shard_task.map(
         unmapped(plan),
         unmapped(params),
@@ -68,7 +70,12 @@ def enrich(params: EnrichParams) -> RunSummary:
         [[c for c in all_collected if c.shard == shard] for shard in range(plan.shards)],
         unmapped(enriched_at),
     ).result()
+    verdict = validate_run(plan, params, written)
     summary = summarize(
         plan, params.output, all_jobs, all_collected, written, requests, time.monotonic() - started
     )
-    return publish_summary(summary, all_collected)
+    publish_summary(summary, all_collected, verdict)
+    if not verdict.success:
+        quarantine_run(plan, params, verdict)  # raises: the run fails, nothing is published
+    publish_partition(plan, params, written, verdict, summary.jobs)
+    return summary

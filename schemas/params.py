@@ -97,6 +97,17 @@ class EnrichParams(BaseModel):
     max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
         default=2, description="Follow-up jobs for rows that failed transiently."
     )
+    max_rejected_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.01, description="Validation: the largest share of rows that may be rejected."
+    )
+    norm_tolerance: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1e-3, description="Validation: how far an embedding's L2 norm may be from 1."
+    )
+    work: str | None = Field(
+        default=None,
+        description="Where staging, rejected rows, quarantine and manifests go; default: "
+        "`_enrich/<output name>` beside the output, so the table folder holds only the table.",
+    )
 
     @model_validator(mode="after")
     def _kind_options(self) -> EnrichParams:
@@ -126,6 +137,12 @@ class EnrichParams(BaseModel):
     @property
     def endpoint(self) -> str:
         return ENDPOINTS[self.kind]
+
+    def work_root(self) -> str:
+        if self.work:
+            return self.work.rstrip("/")
+        parent, _, name = self.output.rstrip("/").rpartition("/")
+        return f"{parent}/_enrich/{name}" if parent else f"_enrich/{name}"
 
     def partition_value(self, now: datetime | None = None) -> str:
         return self.partition or (now or datetime.now(UTC)).strftime("%Y-%m-%d")

@@ -80,12 +80,54 @@ class CollectRef(_Ref):
 
 
 class WriteRef(_Ref):
+    """One shard's staged outputs (nothing an analyst can see yet)."""
+
     shard: int
-    enriched_uri: str | None
-    rejected_uri: str | None
+    enriched_uri: str | None = None
+    rejected_uri: str | None = None
+    checks_uri: str | None = None  # the narrow frame the kind's suite validates
+    ids_uri: str | None = None  # every row's id and whether it was rejected
     enriched_rows: int
     rejected_rows: int
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class FailedCheck(_Ref):
+    suite: str
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    example_ids: list[str]
+    observed: str | None
+
+    def describe(self) -> str:
+        where = f" on {self.column}" if self.column else ""
+        count = f": {self.unexpected_count} row(s)" if self.unexpected_count else ""
+        examples = f", e.g. ids {', '.join(self.example_ids)}" if self.example_ids else ""
+        observed = f" (observed {self.observed})" if self.observed is not None else ""
+        return f"{self.suite}: {self.expectation}{where}{count}{examples}{observed}"
+
+
+class GateRef(_Ref):
+    """The validation verdict for a run's staged outputs."""
+
+    success: bool
+    evaluated: int
+    failures: list[FailedCheck]
+    result_uri: str  # the GX validation results, JSON
+    docs_uri: str | None = None  # GX Data Docs of the failed suites
+
+    def message(self, limit: int = 5) -> str:
+        shown = "; ".join(f.describe() for f in self.failures[:limit])
+        more = f" (and {len(self.failures) - limit} more)" if len(self.failures) > limit else ""
+        return shown + more
+
+
+class PublishRef(_Ref):
+    data_uri: str | None
+    rejected_uri: str | None
+    manifest_uri: str
+    rows: int
 
 
 class RunSummary(_Ref):

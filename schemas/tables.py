@@ -43,7 +43,6 @@ REJECT_REASONS: Final = {
     "api_error": "Mistral answered an error for the request (message kept)",
     "not_processed": "the batch job ended before answering, on every attempt",
     "incomplete_response": "the response held fewer results than inputs, on every attempt",
-    "invalid_answer": "the answer is not usable (e.g. a label outside the allowed set)",
 }
 
 

@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 
 from schemas.params import EnrichParams, Kind
 from schemas.refs import PlanRef
-from tasks import storage
+from tasks import layout, storage
 
 TEXT_KEY = "_text_key"
 REJECT = "_reject_reason"
@@ -195,7 +195,7 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
 
     input_fingerprint = fingerprint(dataset, params.input)
     key = run_key(params, input_fingerprint, partition)
-    staging = storage.join(params.output, "_staging", key)
+    staging = layout.staging(params, key)
     shards = max(1, math.ceil(rows / params.shard_size))
     rows_uri = storage.join(staging, "rows")
     storage.remove(rows_uri)

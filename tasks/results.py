@@ -126,10 +126,10 @@ def _items(kind: Kind, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _result_columns(kind: Kind, items: pl.DataFrame, params: EnrichParams) -> pl.DataFrame:
-    """Rows of (custom_id, position, result columns, _invalid: why a row is unusable)."""
+    """Rows of (custom_id, position, result columns)."""
     keys = ["custom_id", "position"]
     if kind is Kind.embeddings:
-        return items.with_columns(pl.lit(None, pl.String).alias("_invalid"))
+        return items
     if kind in (Kind.moderation, Kind.chat_moderation):
         categories = items["item"].struct.field("categories").struct.unnest()
         scores = items["item"].struct.field("category_scores").struct.unnest()
@@ -138,7 +138,7 @@ def _result_columns(kind: Kind, items: pl.DataFrame, params: EnrichParams) -> pl
         flagged = pl.any_horizontal(pl.all()).alias("flagged") if flags.width else pl.lit(False)
         return pl.concat(
             [items.select(keys), flags.select(flagged), flags, values], how="horizontal"
-        ).with_columns(pl.lit(None, pl.String).alias("_invalid"))
+        )
     if kind is Kind.classifier:
         parts = [items.select(keys)]
         for target in items["item"].struct.fields:
@@ -150,20 +150,10 @@ def _result_columns(kind: Kind, items: pl.DataFrame, params: EnrichParams) -> pl
                 pl.DataFrame({f"{target}_label": pl.Series(labels, dtype=pl.String).gather(top)})
             )
             parts.append(scores.rename({label: f"{target}_score_{label}" for label in labels}))
-        return pl.concat(parts, how="horizontal").with_columns(
-            pl.lit(None, pl.String).alias("_invalid")
-        )
+        return pl.concat(parts, how="horizontal")
+    # The label is kept as answered: the validation gate, not the parser, judges the label set.
     content = pl.col("choice").struct.field("message").struct.field("content")
-    label = content.str.json_path_match("$.label")
-    allowed = pl.lit(pl.Series(list(params.options.labels)), dtype=pl.String).implode()
-    return items.select(
-        *keys,
-        label.alias("label"),
-        pl.when(label.is_in(allowed))
-        .then(None)
-        .otherwise(pl.format("answer outside the allowed labels: {}", content.str.slice(0, 200)))
-        .alias("_invalid"),
-    )
+    return items.select(*keys, content.str.json_path_match("$.label").alias("label"))
 
 
 def _error_lines(path: Path | None) -> pl.DataFrame:
@@ -221,7 +211,6 @@ def parse(
         schema={
             "custom_id": pl.String,
             "position": pl.Int64,
-            "_invalid": pl.String,
             "_present": pl.Boolean,
         }
     )
@@ -258,23 +247,15 @@ def parse(
     joined = manifest.join(items, on=["custom_id", "position"], how="left")
     answered_ok = pl.col("custom_id").is_in(lines["custom_id"].implode())
     answered_err = pl.col("custom_id").is_in(error_lines["custom_id"].implode())
-    internal = ("custom_id", "position", "_invalid", "_present")
+    internal = ("custom_id", "position", "_present")
     result_cols = [c for c in items.columns if c not in internal]
     # One pass over the wide columns (vectors); the failure bookkeeping uses the narrow ones.
-    results = joined.filter(
-        answered_ok & pl.col("_present").is_not_null() & pl.col("_invalid").is_null()
-    ).select(TEXT_KEY, *result_cols, pl.lit(job_id).alias("batch_job_id"))
-    narrow = joined.select(TEXT_KEY, "custom_id", "_present", "_invalid")
-    matched = narrow.filter(answered_ok)
-    hit = matched.filter(pl.col("_present").is_not_null())
-
-    invalid = hit.filter(pl.col("_invalid").is_not_null()).select(
-        TEXT_KEY,
-        pl.lit("invalid_answer").alias("reason"),
-        pl.lit(None, pl.Int64).alias("status_code"),
-        pl.col("_invalid").alias("message"),
-        pl.lit(False).alias("transient"),
+    results = joined.filter(answered_ok & pl.col("_present").is_not_null()).select(
+        TEXT_KEY, *result_cols, pl.lit(job_id).alias("batch_job_id")
     )
+    narrow = joined.select(TEXT_KEY, "custom_id", "_present")
+    matched = narrow.filter(answered_ok)
+
     incomplete = matched.filter(pl.col("_present").is_null()).select(
         TEXT_KEY,
         pl.lit("incomplete_response").alias("reason"),
@@ -308,7 +289,7 @@ def parse(
         pl.lit(f"not answered: batch job {job_id} ended {job_status}").alias("message"),
         pl.lit(True).alias("transient"),
     )
-    failures = pl.concat([invalid, incomplete, api_failed, not_answered]).with_columns(
+    failures = pl.concat([incomplete, api_failed, not_answered]).with_columns(
         pl.lit(job_id).alias("batch_job_id")
     )
     return Parsed(

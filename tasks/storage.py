@@ -131,6 +131,49 @@ def copy_to_local(uri: str, local: Path) -> Path:
     return local
 
 
+def upload_tree(folder: Path, uri: str) -> None:
+    """Copy a local folder's files under ``uri`` (a no-op copy for local URIs)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with (
+            path.open("rb") as source,
+            open_write(join(uri, *path.relative_to(folder).parts)) as sink,
+        ):
+            shutil.copyfileobj(source, sink, 1 << 20)
+
+
+def move_into_place(source: str, target: str) -> None:
+    """Make ``source`` visible at ``target`` in one step: a rename on a local filesystem, a
+    server-side copy of one object on S3 (an object appears whole or not at all)."""
+    fs, src = filesystem(source)
+    _, dst = filesystem(target)
+    fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+    if is_remote(target):
+        fs.copy(src, dst)
+        fs.rm(src)
+        return
+    try:
+        Path(src).replace(dst)
+    except OSError as exc:
+        raise OSError(
+            f"cannot move {source} into place at {target} in one step ({exc}); keep the work "
+            "root (`work` parameter) on the same filesystem as the output"
+        ) from exc
+
+
+def move_tree(source: str, target: str) -> None:
+    """Move a folder (quarantine): rename locally, copy-then-delete on S3."""
+    fs, src = filesystem(source)
+    _, dst = filesystem(target)
+    if not fs.exists(src):
+        return
+    if is_remote(target):
+        fs.copy(src, dst, recursive=True)
+        fs.rm(src, recursive=True)
+        return
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    Path(src).replace(dst)
+
+
 def local_path(uri: str) -> Path | None:
     """The filesystem path of a local URI, else None."""
     return None if is_remote(uri) else Path(_strip(uri))

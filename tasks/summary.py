@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, WriteRef
+from schemas.refs import CollectRef, GateRef, JobRef, PlanRef, RunSummary, WriteRef
 from schemas.tables import REJECT_REASONS
 
 
@@ -45,7 +45,7 @@ def summarize(
     )
 
 
-def to_markdown(summary: RunSummary, collected: list[CollectRef]) -> str:
+def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateRef) -> str:
     lines = [
         f"# Enrichment run `{summary.run_key}`",
         "",
@@ -61,6 +61,8 @@ def to_markdown(summary: RunSummary, collected: list[CollectRef]) -> str:
         f"| tokens | {summary.prompt_tokens:,} prompt, {summary.completion_tokens:,} completion |",
         f"| duplicated answer lines | {summary.duplicate_lines} |",
         f"| duration | {summary.duration_seconds:,.1f} s |",
+        f"| validation | {'passed' if verdict.success else 'FAILED: ' + verdict.message()} "
+        f"({verdict.evaluated} expectations) |",
         "",
         "## Jobs",
         "",
@@ -86,9 +88,11 @@ def to_markdown(summary: RunSummary, collected: list[CollectRef]) -> str:
 
 
 @task(name="summary")
-def publish_summary(summary: RunSummary, collected: list[CollectRef]) -> RunSummary:
+def publish_summary(
+    summary: RunSummary, collected: list[CollectRef], verdict: GateRef
+) -> RunSummary:
     create_markdown_artifact(
-        markdown=to_markdown(summary, collected),
+        markdown=to_markdown(summary, collected, verdict),
         key=f"enrich-{summary.run_key}",
         description=f"Enrichment run summary for {summary.output}",
     )

@@ -9,16 +9,21 @@ few hundred megabytes.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from prefect import task
+from prefect.logging import get_run_logger
 
 from schemas.params import EnrichParams, Kind
+from schemas.refs import FailedCheck, GateRef, PlanRef, WriteRef
+from tasks import storage
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "schemas" / "expectations"
 SUITE_FOR_KIND = {
@@ -36,27 +41,11 @@ _GX_LOCK = threading.Lock()  # GX contexts and datasources are not safe across t
 
 
 @dataclass(frozen=True)
-class FailedExpectation:
-    expectation: str
-    column: str | None
-    unexpected_count: int | None
-    example_ids: list[Any] = field(default_factory=list)
-    observed: Any = None
-
-    def describe(self) -> str:
-        where = f" on {self.column}" if self.column else ""
-        count = f": {self.unexpected_count} row(s)" if self.unexpected_count else ""
-        examples = f", e.g. ids {self.example_ids}" if self.example_ids else ""
-        observed = f" (observed {self.observed})" if self.observed is not None else ""
-        return f"{self.expectation}{where}{count}{examples}{observed}"
-
-
-@dataclass(frozen=True)
 class SuiteResult:
     suite: str
     success: bool
     evaluated: int
-    failures: list[FailedExpectation]
+    failures: list[FailedCheck]
     raw: dict[str, Any]  # the GX validation result, JSON-ready, for the manifest and Data Docs
 
 
@@ -155,7 +144,7 @@ def rows_frame(published_ids: pl.Series, rejected_ids: pl.Series) -> pl.DataFram
 
 
 def kind_parameters(
-    params: EnrichParams, published: pl.DataFrame, derived: pl.DataFrame, norm_tolerance: float
+    params: EnrichParams, columns: list[str], derived: pl.DataFrame, norm_tolerance: float
 ) -> dict[str, Any]:
     """Run-time values for the kind's suite."""
     if params.kind is Kind.embeddings:
@@ -171,7 +160,7 @@ def kind_parameters(
     if params.kind is Kind.classification:
         return {"labels": list(params.options.labels)}
     if params.kind is Kind.classifier:
-        return {"targets": sum(1 for c in published.columns if c.endswith("_label"))}
+        return {"targets": sum(1 for c in columns if c.endswith("_label"))}
     return {}
 
 
@@ -198,6 +187,50 @@ def _suite(name: str) -> Any:
             ExpectationConfiguration(**e).to_domain_obj() for e in definition["expectations"]
         ],
     )
+
+
+def data_docs(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any], site: Path) -> Path:
+    """Run the suite again through a checkpoint that renders GX Data Docs (HTML) into ``site``;
+    returns the index page. Used for failed runs only: rendering costs seconds and 4 MB."""
+    import great_expectations as gx
+    from great_expectations.checkpoint.actions import UpdateDataDocsAction
+
+    data = frame.to_pandas(use_pyarrow_extension_array=True)
+    with _GX_LOCK:
+        context = gx.get_context(mode="ephemeral")
+        context.add_data_docs_site(
+            site_name="enrich",
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(site),
+                },
+            },
+        )
+        suite = context.suites.add(_suite(suite_name))
+        source = context.data_sources.add_pandas(suite_name)
+        batch = source.add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe(
+            suite_name
+        )
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(data=batch, suite=suite, name=suite_name)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=suite_name,
+                validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="docs", site_names=["enrich"])],
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": ["id"],
+                    "partial_unexpected_count": _EXAMPLES,
+                },
+            )
+        )
+        checkpoint.run(batch_parameters={"dataframe": data}, expectation_parameters=parameters)
+    return site / "index.html"
 
 
 def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -> SuiteResult:
@@ -228,13 +261,15 @@ def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -
         details = result.result or {}
         index_list = details.get("partial_unexpected_index_list") or []
         examples = [row.get("id") for row in index_list[:_EXAMPLES] if isinstance(row, dict)]
+        observed = details.get("observed_value")
         failures.append(
-            FailedExpectation(
+            FailedCheck(
+                suite=suite_name,
                 expectation=result.expectation_config.type,
                 column=result.expectation_config.kwargs.get("column"),
                 unexpected_count=details.get("unexpected_count"),
-                example_ids=[_plain(v) for v in examples],
-                observed=_plain(details.get("observed_value")),
+                example_ids=[str(_plain(v)) for v in examples],
+                observed=None if observed is None else str(_plain(observed)),
             )
         )
     return SuiteResult(
@@ -248,3 +283,55 @@ def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRef:
+    """Validate every staged row of the run: the rows suite, then the kind's suite. A failed
+    suite is rendered as GX Data Docs under ``<staging>/data_docs``."""
+    ids = pl.concat(
+        [storage.read_parquet(w.ids_uri) for w in written if w.ids_uri], how="diagonal_relaxed"
+    )
+    runs: list[tuple[pl.DataFrame, str, dict[str, Any]]] = [
+        (
+            ids,
+            "rows",
+            {"input_rows": plan.rows, "max_rejected_fraction": params.max_rejected_fraction},
+        )
+    ]
+    checks = [storage.read_parquet(w.checks_uri) for w in written if w.checks_uri]
+    if checks:
+        derived = pl.concat(checks, how="diagonal_relaxed")
+        first = next(w.enriched_uri for w in written if w.enriched_uri)
+        columns = storage.parquet_dataset(first).schema.names
+        parameters = kind_parameters(params, columns, derived, params.norm_tolerance)
+        runs.append((derived, SUITE_FOR_KIND[params.kind], parameters))
+    results = [validate(frame, suite, parameters) for frame, suite, parameters in runs]
+    result_uri = storage.join(plan.staging, "validation.json")
+    storage.write_json(result_uri, {r.suite: r.raw for r in results})
+    docs_uri = None
+    failed = [run for run, result in zip(runs, results, strict=True) if not result.success]
+    if failed:
+        docs_uri = storage.join(plan.staging, "data_docs")
+        with tempfile.TemporaryDirectory() as tmp:
+            for frame, suite, parameters in failed:
+                data_docs(frame, suite, parameters, Path(tmp))
+            storage.upload_tree(Path(tmp), docs_uri)
+    return GateRef(
+        success=not failed,
+        evaluated=sum(r.evaluated for r in results),
+        failures=[f for r in results for f in r.failures],
+        result_uri=result_uri,
+        docs_uri=docs_uri,
+    )
+
+
+@task(name="validate")
+def validate_run(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRef:
+    verdict = gate(plan, params, written)
+    logger = get_run_logger()
+    if verdict.success:
+        logger.info("Validation passed: %d expectations", verdict.evaluated)
+    else:
+        for failure in verdict.failures:
+            logger.error("Validation failed: %s", failure.describe())
+    return verdict

@@ -1,7 +1,9 @@
-"""Write: each shard's rows joined to their results, and the rows that could not be enriched.
+"""Write (to staging): each shard's rows joined to their results, the rows that could not be
+enriched, and the narrow frames the validation gate checks.
 
-Every input row lands in exactly one place — the enriched table or the rejected rows — and the
-write fails, naming ids, rather than drop one.
+Every input row lands in exactly one place — the enriched rows or the rejected rows — and the
+write fails, naming ids, rather than drop one. Nothing here is visible to analysts: publishing
+happens after validation (``tasks.publish``).
 """
 
 from __future__ import annotations
@@ -11,18 +13,14 @@ from datetime import datetime
 import polars as pl
 from prefect import task
 
-from schemas.params import EnrichParams, Kind
+from schemas.params import EnrichParams
 from schemas.refs import CollectRef, PlanRef, WriteRef
-from schemas.tables import PARTITION_COLUMN, REJECTED
+from schemas.tables import REJECTED
 from tasks import storage
 from tasks.plan import BUCKET, REJECT, TEXT_KEY
+from tasks.validate import derive
 
 _INTERNAL = (TEXT_KEY, REJECT, BUCKET)
-
-
-def partition_dir(output: str, partition: str, *, rejected: bool = False) -> str:
-    base = storage.join(output, "_rejected") if rejected else output
-    return storage.join(base, f"{PARTITION_COLUMN}={partition}")
 
 
 def merge_attempts(collected: list[CollectRef]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -54,13 +52,9 @@ def enrich_rows(
     sendable = rows.filter(pl.col(REJECT).is_null())
     enriched = pl.DataFrame()
     if results.height:
+        # Vectors stay variable-length lists until the gate has checked their length;
+        # publishing turns them into FixedSizeList(float32, dim).
         enriched = sendable.join(results, on=TEXT_KEY, how="inner")
-        if params.kind is Kind.embeddings:
-            width = enriched["embedding"].list.len().max()
-            assert isinstance(width, int)
-            enriched = enriched.with_columns(
-                pl.col("embedding").list.to_array(width).alias("embedding")
-            )
         result_columns = [c for c in results.columns if c not in (TEXT_KEY, "batch_job_id")]
         enriched = enriched.select(
             *input_columns,
@@ -101,6 +95,10 @@ def enrich_rows(
     return enriched, rejected
 
 
+def staged(plan: PlanRef, folder: str, shard: int) -> str:
+    return storage.join(plan.staging, folder, f"part-{shard:05d}.parquet")
+
+
 def write_shard(
     plan: PlanRef,
     params: EnrichParams,
@@ -108,23 +106,32 @@ def write_shard(
     collected: list[CollectRef],
     enriched_at: datetime,
 ) -> WriteRef:
+    """Stage a shard's enriched and rejected rows, its checks frame and its row ids."""
     if not storage.exists(plan.rows_uri(shard)):  # no row hashed into this shard
-        return WriteRef(
-            shard=shard, enriched_uri=None, rejected_uri=None, enriched_rows=0, rejected_rows=0
-        )
+        return WriteRef(shard=shard, enriched_rows=0, rejected_rows=0)
     rows = storage.scan_parquet(plan.rows_uri(shard)).collect()
     results, failed = merge_attempts(collected)
     enriched, rejected = enrich_rows(rows, results, failed, params, enriched_at)
-    name = f"part-{shard:05d}.parquet"
-    enriched_uri = rejected_uri = None
+    enriched_uri = checks_uri = rejected_uri = None
     if enriched.height:
-        enriched_uri = storage.join(partition_dir(params.output, plan.partition), name)
+        enriched_uri = staged(plan, "enriched", shard)
         storage.write_parquet(enriched.to_arrow(), enriched_uri)
+        checks_uri = staged(plan, "checks", shard)
+        checks = derive(params.kind, enriched, params.id_column)
+        storage.write_parquet(checks.to_arrow(), checks_uri)
     if rejected.height:
-        rejected_uri = storage.join(
-            partition_dir(params.output, plan.partition, rejected=True), name
-        )
+        rejected_uri = staged(plan, "rejected", shard)
         storage.write_parquet(rejected.to_arrow(), rejected_uri)
+    ids = pl.concat(
+        [
+            frame.select(pl.col(params.id_column).alias("id"), pl.lit(flag).alias("_rejected"))
+            for frame, flag in ((enriched, False), (rejected, True))
+            if frame.height
+        ],
+        how="diagonal_relaxed",
+    )
+    ids_uri = staged(plan, "ids", shard)
+    storage.write_parquet(ids.to_arrow(), ids_uri)
     by_reason = (
         dict(rejected["reject_reason"].value_counts().iter_rows()) if rejected.height else {}
     )
@@ -132,17 +139,12 @@ def write_shard(
         shard=shard,
         enriched_uri=enriched_uri,
         rejected_uri=rejected_uri,
+        checks_uri=checks_uri,
+        ids_uri=ids_uri,
         enriched_rows=enriched.height,
         rejected_rows=rejected.height,
         rejected_by_reason=by_reason,
     )
-
-
-@task(name="clear-partition")
-def clear_partition(params: EnrichParams, partition: str) -> None:
-    """A rerun of a partition replaces it: old parts (possibly more shards) are removed first."""
-    storage.remove(partition_dir(params.output, partition))
-    storage.remove(partition_dir(params.output, partition, rejected=True))
 
 
 @task(name="write")

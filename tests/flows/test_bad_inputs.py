@@ -79,10 +79,12 @@ def test_only_null_texts_are_rejected_without_a_job(
 ) -> None:
     source = write_dataset(tmp_path / "in.parquet", [None, "", " "])
     before = job_count(mistral)
-    summary = enrich(params(source, tmp_path / "out"))
+    # Allowed here: with every row rejected the gate would otherwise refuse the run.
+    summary = enrich(params(source, tmp_path / "out", max_rejected_fraction=1.0))
     assert job_count(mistral) == before
     assert summary.rejected_by_reason == {"null_text": 1, "empty_text": 2}
-    assert read_table(tmp_path / "out" / "_rejected").height == 3
+    assert read_table(tmp_path / "_enrich" / "out" / "rejected").height == 3
+    assert read_table(tmp_path / "out").height == 0
 
 
 def test_missing_api_key_is_refused_before_any_upload(

@@ -77,7 +77,7 @@ def test_embeddings_end_to_end(tmp_path: Path, mistral: EmulatorProcess) -> None
     assert same.height > 1 and same["embedding"].n_unique() == 1
     assert summary.requests == 3  # 60 distinct texts over 3 shards, packed into one line each
 
-    rejected = read_table(tmp_path / "out" / "_rejected")
+    rejected = read_table(tmp_path / "_enrich" / "out" / "rejected")
     assert sorted(rejected["reject_reason"]) == ["empty_text", "null_text"]
     assert summary.rejected_by_reason == {"null_text": 1, "empty_text": 1}
     assert len(jobs_of_run(mistral, summary.run_key)) == len(summary.jobs) == 3
@@ -123,7 +123,9 @@ def test_chat_moderation_reads_a_messages_column(tmp_path: Path, mistral: Emulat
     ]
     source = tmp_path / "chats.parquet"
     pl.DataFrame({"id": ["a", "b", "c"], "text": conversations}).write_parquet(source)
-    summary = enrich(params(source, tmp_path / "out", kind=Kind.chat_moderation))
+    summary = enrich(
+        params(source, tmp_path / "out", kind=Kind.chat_moderation, max_rejected_fraction=0.5)
+    )
     table = read_table(tmp_path / "out").sort("id")
     assert table["flagged"].to_list() == [True, False]
     assert summary.rejected_by_reason == {"empty_text": 1}
@@ -146,7 +148,7 @@ def test_s3_hive_input_and_output(tmp_path: Path, mistral: EmulatorProcess, s3: 
     assert written and all(uri.startswith("s3://") for uri in written)
     table = pl.concat([storage.read_parquet(uri) for uri in written])
     assert table.height == 80 and set(table["country"]) == {"fr", "de"}  # hive column kept
-    assert storage.list_files(f"{base}/output/_staging", "requests.jsonl")  # staging on S3 too
+    assert storage.list_files(f"{base}/_enrich/output/staging", "requests.jsonl")  # on S3 too
 
 
 def test_glob_input(tmp_path: Path, mistral: EmulatorProcess) -> None:

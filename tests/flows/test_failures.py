@@ -66,9 +66,10 @@ def test_failed_lines_are_rejected_after_the_last_attempt(
             kind="classification",
             options={"labels": ["a", "b"]},
             max_retries=2,
+            max_rejected_fraction=1.0,
         )
     )
-    rejected = read_table(tmp_path / "out" / "_rejected")
+    rejected = read_table(tmp_path / "_enrich" / "out" / "rejected")
     assert 0 < rejected.height < 50 and summary.enriched_rows + rejected.height == 50
     assert set(rejected["reject_reason"]) == {"api_error"}
     assert set(rejected["reject_message"]) == {"model overloaded"}
@@ -81,8 +82,8 @@ def test_terminal_errors_are_rejected_without_retry(
 ) -> None:
     long_text = "word " * 9000  # over the 8,192-token context: refused before sending
     source = write_dataset(tmp_path / "in.parquet", ["short", long_text])
-    summary = enrich(params(source, tmp_path / "out"))
-    rejected = read_table(tmp_path / "out" / "_rejected")
+    summary = enrich(params(source, tmp_path / "out", max_rejected_fraction=0.5))
+    rejected = read_table(tmp_path / "_enrich" / "out" / "rejected")
     assert rejected["reject_reason"].to_list() == ["text_too_long"]
     assert "tokens" in rejected["reject_message"][0]
     assert summary.enriched_rows == 1 and len(summary.jobs) == 1

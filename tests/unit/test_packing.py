@@ -175,9 +175,14 @@ def test_missing_duplicated_and_failed_lines_are_all_accounted_for(tmp_path: Pat
     )
 
     assert parsed.duplicate_lines == 1 and parsed.missing_lines == 1
-    assert dict(parsed.results.select(TEXT_KEY, "label").iter_rows()) == {1: "yes", 3: "no"}
+    # An answer outside the labels is kept: the validation gate, not the parser, judges labels.
+    assert dict(parsed.results.select(TEXT_KEY, "label").iter_rows()) == {
+        1: "yes",
+        2: "maybe",
+        3: "no",
+    }
     failures = {row[TEXT_KEY]: row for row in parsed.failures.iter_rows(named=True)}
-    assert failures[2]["reason"] == "invalid_answer" and not failures[2]["transient"]
+    assert set(failures) == {4, 5}
     assert failures[4]["reason"] == "api_error" and failures[4]["message"] == "bad request"
     assert failures[4]["status_code"] == 400 and not failures[4]["transient"]
     assert failures[5]["reason"] == "not_processed" and failures[5]["transient"]

@@ -31,7 +31,9 @@ def unit_vectors(n: int, dim: int = 1024) -> np.ndarray:
 def check(kind: Kind, published: pl.DataFrame, **options: Any) -> list[str]:
     run = params(kind, **options)
     derived = derive(kind, published, "doc")
-    result = validate(derived, SUITE_FOR_KIND[kind], kind_parameters(run, published, derived, 1e-3))
+    result = validate(
+        derived, SUITE_FOR_KIND[kind], kind_parameters(run, published.columns, derived, 1e-3)
+    )
     return [f"{f.expectation}:{f.column}:{f.example_ids}" for f in result.failures]
 
 

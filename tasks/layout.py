@@ -1,0 +1,51 @@
+"""Where things live.
+
+The table folder (``output``) holds only what analysts read: ``partition=<value>/part-0.parquet``
+and an empty ``_SUCCESS`` marker. Everything else lives under the work root (default
+``_enrich/<output name>`` beside the output): polars reads every non-empty file under a folder it
+scans, so staging, rejected rows or a manifest inside the table would break
+``polars.scan_parquet(output)`` or leak into it.
+
+    <work>/staging/<run>/        rows, request shards, results, staged outputs, checks
+    <work>/rejected/partition=<value>/part-0.parquet
+    <work>/published/partition=<value>/_manifest.json
+    <work>/quarantine/<run>/     staged data, validation result and Data Docs of a failed run
+"""
+
+from __future__ import annotations
+
+from schemas.params import EnrichParams
+from schemas.tables import PARTITION_COLUMN
+from tasks import storage
+
+DATA_FILE = "part-0.parquet"
+SUCCESS_MARKER = "_SUCCESS"
+MANIFEST = "_manifest.json"
+
+
+def partition_folder(params: EnrichParams, partition: str) -> str:
+    return storage.join(params.output, f"{PARTITION_COLUMN}={partition}")
+
+
+def data_file(params: EnrichParams, partition: str) -> str:
+    return storage.join(partition_folder(params, partition), DATA_FILE)
+
+
+def staging(params: EnrichParams, run_key: str) -> str:
+    return storage.join(params.work_root(), "staging", run_key)
+
+
+def rejected_file(params: EnrichParams, partition: str) -> str:
+    return storage.join(
+        params.work_root(), "rejected", f"{PARTITION_COLUMN}={partition}", DATA_FILE
+    )
+
+
+def manifest_file(params: EnrichParams, partition: str) -> str:
+    return storage.join(
+        params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", MANIFEST
+    )
+
+
+def quarantine(params: EnrichParams, run: str) -> str:
+    return storage.join(params.work_root(), "quarantine", run)
