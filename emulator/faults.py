@@ -21,6 +21,9 @@ on every run, across emulator restarts included. Example::
       timeout: {rate: 1.0, after_fraction: 0.5}
       slow: {rate: 1.0, requests_per_second: 5}
       match_metadata: {dataset: demo}      # optional: only jobs carrying these metadata
+    corrupt:                               # wrong answers with a 200 status (for the gate)
+      rate: 0.05                           # fraction of lines, fixed per custom_id by the seed
+      mode: wrong_dimension                # wrong_dimension | out_of_range | unknown_label | drop
     lines:
       rate: 0.1                            # fraction of request lines that fail
       status: 500
@@ -84,6 +87,10 @@ class LineFaults(_Rule):
     message: str | None = None
 
 
+class CorruptAnswers(_Rule):
+    mode: Literal["wrong_dimension", "out_of_range", "unknown_label", "drop"]
+
+
 class FaultPlan(BaseModel):
     """The validated content of a faults file; the empty plan injects nothing."""
 
@@ -94,6 +101,7 @@ class FaultPlan(BaseModel):
     download_cut: DownloadCut | None = None
     jobs: JobFaults = JobFaults()
     lines: LineFaults | None = None
+    corrupt: CorruptAnswers | None = None
 
     @classmethod
     def load(cls, path: Path) -> FaultPlan:

@@ -245,6 +245,8 @@ class JobRunner:
                 self._line_faults(lines),
                 base.with_name(base.name + ".out-segment"),
                 base.with_name(base.name + ".err-segment"),
+                self.injector.plan.corrupt,
+                self.injector.plan.seed,
             )
             after = _Cursor(cursor.file_index, cursor.byte_offset, cursor.line_number)
             queue.append(_InFlight(self._pool().submit(answer_slice, work), after, len(lines)))
@@ -260,7 +262,7 @@ class JobRunner:
             done = queue.popleft()
             result = done.future.result()
             progress = job.progress
-            for path, count, names in (
+            for path, count, names in (  # files hold the answers written, not the dropped ones
                 (result.out_path, result.succeeded, progress.out_segments),
                 (result.err_path, result.failed, progress.err_segments),
             ):
@@ -271,7 +273,8 @@ class JobRunner:
             progress.file_index = done.cursor_after.file_index
             progress.byte_offset = done.cursor_after.byte_offset
             progress.line_number = done.cursor_after.line_number
-            job.succeeded_requests += result.succeeded
+            job.succeeded_requests += result.succeeded + result.dropped
+            progress.out_lines += result.succeeded
             job.failed_requests += result.failed
             job.completed_requests = job.succeeded_requests + job.failed_requests
             committed = True
@@ -279,8 +282,8 @@ class JobRunner:
             self._save_unless_cancelled(job)
         if queue:
             return committed
-        if job.completed_requests >= job.total_requests:
-            self._finish(job.id, "SUCCESS")
+        if job.progress.line_number >= job.total_requests:
+            self._finish(job.id, "SUCCESS")  # every line read, and every slice committed
             return True
         if job.completed_requests >= self._stop_line(job):
             for ending, status in (("fail", "FAILED"), ("timeout", "TIMEOUT_EXCEEDED")):
@@ -358,7 +361,7 @@ class JobRunner:
                 return
             job = job.model_copy(deep=True)
             outputs = (
-                ("output", "batch_result", job.progress.out_segments, job.succeeded_requests),
+                ("output", "batch_result", job.progress.out_segments, job.progress.out_lines),
                 ("error", "batch_error", job.progress.err_segments, job.failed_requests),
             )
             for name, sample_type, segments, lines in outputs:

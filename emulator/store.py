@@ -65,6 +65,7 @@ class Progress(BaseModel):
     file_index: int = 0
     byte_offset: int = 0
     line_number: int = 0
+    out_lines: int = 0  # lines in the output segments (a dropped answer is in no file)
     out_segments: list[str] = Field(default_factory=list)  # committed, in order
     err_segments: list[str] = Field(default_factory=list)
     faults: dict[str, Any] = Field(default_factory=dict)

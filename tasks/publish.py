@@ -48,7 +48,7 @@ def combine(
     try:
         for uri in parts:
             frame = storage.read_parquet(uri)
-            if dimension is not None:
+            if dimension is not None and isinstance(frame.schema["embedding"], pl.List):
                 frame = frame.with_columns(pl.col("embedding").list.to_array(dimension))
             table = frame.to_arrow()
             if writer is None:

@@ -316,10 +316,17 @@ def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRe
             for frame, suite, parameters in failed:
                 data_docs(frame, suite, parameters, Path(tmp))
             storage.upload_tree(Path(tmp), docs_uri)
+    rejected_examples = [str(v) for v in ids.filter(pl.col("_rejected"))["id"].head(_EXAMPLES)]
+    failures = [
+        # An aggregate check names no rows by itself: show which rows were rejected.
+        f.model_copy(update={"example_ids": rejected_examples}) if f.column == "_rejected" else f
+        for r in results
+        for f in r.failures
+    ]
     return GateRef(
         success=not failed,
         evaluated=sum(r.evaluated for r in results),
-        failures=[f for r in results for f in r.failures],
+        failures=failures,
         result_uri=result_uri,
         docs_uri=docs_uri,
     )
