@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -48,6 +49,68 @@ def serve(config: EmulatorConfig, host: str, port: int, *, access_log: bool = Fa
     _AnnouncingServer(uv_config, f"http://{shown_host}:{bound_port}").run(sockets=[sock])
 
 
+class ChildService:
+    """A server run as a child process: started, awaited until it prints its ready line, stopped.
+
+    Output is collected (``output``) so a failed start shows why. Used for the emulator here and
+    for the tests' S3 server.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.output: list[str] = []
+        self._process: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+    def launch(
+        self,
+        args: list[str],
+        ready: Callable[[str], bool],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 60.0,
+    ) -> str:
+        """Start ``args``; return the first line for which ``ready`` holds."""
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+        )
+        assert self._process.stdout is not None
+        threading.Thread(target=self._pump, args=(self._process.stdout,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise RuntimeError(
+                    f"{self.name} exited before it was ready:\n" + "".join(self.output)
+                )
+            if ready(line):
+                return line
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n" + "".join(self.output))
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.output.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
+        """SIGTERM (graceful) or SIGKILL (a crash, for restart tests); SIGKILL if it hangs."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+
+
 class EmulatorProcess:
     """The emulator as a child process on a free loopback port.
 
@@ -69,9 +132,11 @@ class EmulatorProcess:
         self.extra_args = extra_args
         self.host = host
         self.url = ""
-        self._process: subprocess.Popen[str] | None = None
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
+        self._service = ChildService("emulator")
+
+    @property
+    def output(self) -> list[str]:
+        return self._service.output
 
     def start(self, timeout: float = 60.0) -> EmulatorProcess:
         args = [sys.executable, "-m", "emulator", "--host", self.host, "--port", "0"]
@@ -81,42 +146,14 @@ class EmulatorProcess:
         env = {k: v for k, v in os.environ.items() if k != "EMULATOR_API_KEY"}
         if self.api_key is not None:
             env["EMULATOR_API_KEY"] = self.api_key
-        self._process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        line = self._service.launch(
+            args, lambda text: text.startswith(READY_PREFIX), env=env, timeout=timeout
         )
-        assert self._process.stdout is not None
-        threading.Thread(target=self._pump, args=(self._process.stdout,), daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                raise RuntimeError("emulator exited before it was ready:\n" + "".join(self.output))
-            if line.startswith(READY_PREFIX):
-                self.url = line[len(READY_PREFIX) :].strip()
-                return self
-        self.stop()
-        raise TimeoutError(f"emulator not ready after {timeout:.0f} s:\n" + "".join(self.output))
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.output.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
+        self.url = line[len(READY_PREFIX) :].strip()
+        return self
 
     def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
-        """Stop the process: SIGTERM (graceful) or SIGKILL (a crash, for restart tests)."""
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout)
+        self._service.stop(kill=kill, timeout=timeout)
 
     def __enter__(self) -> EmulatorProcess:
         return self.start()

@@ -6,16 +6,14 @@ Bound to 127.0.0.1 with every port chosen at run time, telemetry off; stopped on
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
+
+from emulator.server import ChildService
 
 ACCESS_KEY = "seaweed-test-access"
 SECRET_KEY = "seaweed-test-secret"
@@ -59,9 +57,7 @@ class SeaweedS3:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.endpoint = ""
-        self._process: subprocess.Popen[str] | None = None
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
+        self._service = ChildService("SeaweedFS")
 
     @property
     def env(self) -> dict[str, str]:
@@ -89,37 +85,16 @@ class SeaweedS3:
             *(f"-{flag}={port}" for flag, port in ports.items()),
         ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        self._process = subprocess.Popen(
+        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        self._service.launch(
             args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            lambda line: "All enabled components are running" in line,
             env=env,
             cwd=self.data_dir,
+            timeout=timeout,
         )
-        assert self._process.stdout is not None
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                raise RuntimeError("SeaweedFS exited early:\n" + "".join(self.output))
-            if "All enabled components are running" in line:
-                self._create_bucket()
-                return self
-        self.stop()
-        raise TimeoutError(f"SeaweedFS not ready after {timeout:.0f} s:\n" + "".join(self.output))
-
-    def _pump(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            self.output.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
+        self._create_bucket()
+        return self
 
     def _create_bucket(self) -> None:
         import s3fs
@@ -138,15 +113,7 @@ class SeaweedS3:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        self._service.stop()
 
     def __enter__(self) -> SeaweedS3:
         return self.start()
