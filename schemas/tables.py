@@ -1,7 +1,7 @@
 """Output table contracts: what each kind adds to the input columns, and the rejected rows.
 
-Enriched table (one Parquet part per shard under ``<output>/partition=<value>/``): every input
-column, then the kind's columns, then lineage.
+Enriched table (one Parquet file per partition, ``<output>/partition=<value>/part-0.parquet``):
+every input column, then the kind's columns, then lineage.
 
 * embeddings — ``embedding``: ``FixedSizeList(float32, dim)`` (1024 for mistral-embed).
 * moderation, chat-moderation — ``flagged``: bool (any category flagged); ``category_<name>``: bool
@@ -11,7 +11,7 @@ column, then the kind's columns, then lineage.
 * lineage — ``enriched_at``: timestamp (UTC, the run's start), ``model``: string,
   ``batch_job_id``: string (the Mistral job that answered the row).
 
-Rejected rows (``<output>/_rejected/partition=<value>/``): the input columns plus
+Rejected rows (``<work>/rejected/partition=<value>/part-0.parquet``): the input columns plus
 ``reject_reason``, ``reject_message``, ``status_code``, ``attempts`` and ``batch_job_id``.
 """
 
