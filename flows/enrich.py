@@ -10,7 +10,7 @@ from prefect import flow, unmapped
 
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef
-from tasks.batch import collect_job, submit_shard, wait_for_jobs
+from tasks.batch import check_credentials, collect_job, submit_shard, wait_for_jobs
 from tasks.plan import plan_input
 from tasks.publish import publish_partition, quarantine_run
 from tasks.requests import build_requests, build_retry_requests
@@ -34,6 +34,7 @@ def enrich(params: EnrichParams) -> RunSummary:
     """Enrich a Parquet dataset through Mistral batch jobs; see the README for the contract."""
     started = time.monotonic()
     enriched_at = datetime.now(UTC)
+    check_credentials()
     plan = plan_input(params, params.partition_value(enriched_at))
     shards = [
         s

@@ -196,6 +196,12 @@ def collect(
 # Prefect tasks ------------------------------------------------------------------------------
 
 
+@task(name="check-credentials")
+def check_credentials() -> None:
+    """Fail before anything is read or written when no API key (or emulator URL) is set."""
+    gateway()
+
+
 @task(name="submit")
 def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
     ref = submit(gateway(), shard, plan, params)

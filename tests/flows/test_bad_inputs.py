@@ -97,6 +97,7 @@ def test_missing_api_key_is_refused_before_any_upload(
     source = write_dataset(tmp_path / "in.parquet", ["hello"])
     with pytest.raises(MissingCredentialsError, match="MISTRAL_API_KEY is not set"):
         enrich(params(source, tmp_path / "out"))
+    assert not (tmp_path / "_enrich").exists()  # refused before anything was read or written
 
 
 def test_bad_parameters_are_refused_by_the_model() -> None:
