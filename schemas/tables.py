@@ -21,14 +21,7 @@ from typing import Final
 
 import polars as pl
 
-from schemas.params import Kind
-
 PARTITION_COLUMN: Final = "partition"
-LINEAGE: Final = {
-    "enriched_at": pl.Datetime("us", "UTC"),
-    "model": pl.String,
-    "batch_job_id": pl.String,
-}
 REJECTED: Final = {
     "reject_reason": pl.String,
     "reject_message": pl.String,
@@ -44,14 +37,3 @@ REJECT_REASONS: Final = {
     "not_processed": "the batch job ended before answering, on every attempt",
     "incomplete_response": "the response held fewer results than inputs, on every attempt",
 }
-
-
-def fixed_enrichment_columns(kind: Kind) -> dict[str, pl.DataType]:
-    """The kind's columns whose names do not depend on the model's answer."""
-    if kind is Kind.embeddings:
-        return {"embedding": pl.Array(pl.Float32, 1)}  # the width is the model's dimension
-    if kind in (Kind.moderation, Kind.chat_moderation):
-        return {"flagged": pl.Boolean()}
-    if kind is Kind.classification:
-        return {"label": pl.String()}
-    return {}

@@ -18,7 +18,6 @@ from mistralai.client.utils import BackoffStrategy, RetryConfig
 
 from tasks.settings import MistralSettings
 
-IN_FLIGHT = frozenset({"QUEUED", "RUNNING", "CANCELLATION_REQUESTED"})
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"})
 TRANSIENT_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -160,12 +159,6 @@ class MistralGateway:
             return JobStatus.of(self._client.batch.jobs.get(job_id=job_id))
         except Exception as exc:
             raise _explain(exc, f"Reading batch job {job_id}") from exc
-
-    def cancel(self, job_id: str) -> JobStatus:
-        try:
-            return JobStatus.of(self._client.batch.jobs.cancel(job_id=job_id))
-        except Exception as exc:
-            raise _explain(exc, f"Cancelling batch job {job_id}") from exc
 
     def download(self, file_id: str, target: Path) -> int:
         """Stream a file to ``target``; a transfer cut short raises a transient error."""

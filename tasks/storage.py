@@ -88,20 +88,11 @@ def exists(uri: str) -> bool:
     return bool(fs.exists(path))
 
 
-def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
-    return bytes(fs.cat_file(path))
-
-
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fs.open(path, "wb") as handle:
         handle.write(data)
-
-
-def read_json(uri: str) -> Any:
-    return json.loads(read_bytes(uri))
 
 
 def write_json(uri: str, value: Any) -> None:

@@ -34,8 +34,6 @@ SUITE_FOR_KIND = {
     Kind.classifier: "classifier",
 }
 KNOWN_DIMENSIONS = {"mistral-embed": 1024, "codestral-embed": 1536}
-DEFAULT_NORM_TOLERANCE = 1e-3
-DEFAULT_MAX_REJECTED_FRACTION = 0.01
 _EXAMPLES = 5
 _GX_LOCK = threading.Lock()  # GX contexts and datasources are not safe across threads
 
