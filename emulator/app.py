@@ -70,6 +70,8 @@ class EmulatorConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)
     catalog: Catalog = field(default_factory=lambda: Catalog.load(None))
     timing: Timing = field(default_factory=Timing)
+    # Mistral: "1 M pending requests per workspace"; a job that would go over is refused.
+    pending_requests_limit: int = 1_000_000
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -327,6 +329,20 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                     f"File {file_id} has purpose {record.purpose!r}; "
                     "batch input files need purpose 'batch'",
                 )
+        requested = (
+            len(spec.requests)
+            if spec.requests
+            else sum(store.files[f].num_lines or 0 for f in spec.input_files or [])
+        )
+        with store.lock:
+            pending = sum(job.pending_requests() for job in store.jobs.values())
+        if pending + requested > config.pending_requests_limit:
+            return api_error(
+                400,
+                f"Too many pending requests in this workspace: {pending:,} pending and "
+                f"{requested:,} in this job exceed the limit of "
+                f"{config.pending_requests_limit:,}. Wait for running jobs to finish.",
+            )
         now = time.time()
         job = JobRecord(
             id=str(uuid.uuid4()),
@@ -339,6 +355,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             created_at_precise=now,
             timeout_hours=spec.timeout_hours,
             inline=bool(spec.requests),
+            requests=requested,
         )
         if spec.requests:
             lines = b"".join(

@@ -45,6 +45,9 @@ def emulator(
     workers: Annotated[
         int, typer.Option(min=0, help="Processes answering batch lines; 0: one per core.")
     ] = 0,
+    pending_requests_limit: Annotated[
+        int, typer.Option(min=1, help="Pending requests a workspace may hold (Mistral: 1M).")
+    ] = 1_000_000,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Serve Mistral's files, batch-jobs and inference routes on HOST:PORT."""
@@ -70,6 +73,7 @@ def emulator(
             hour_seconds=hour_seconds,
             workers=workers,
         ),
+        pending_requests_limit=pending_requests_limit,
     )
     serve(config, host, port, access_log=access_log)
 

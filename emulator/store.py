@@ -94,9 +94,16 @@ class JobRecord(BaseModel):
     timeout_hours: int = 24
     created_at_precise: float = 0.0
     inline: bool = False
+    requests: int = 0  # lines in the input at creation: what counts against the pending quota
     progress: Progress = Field(default_factory=Progress)
 
-    _PRIVATE = frozenset({"timeout_hours", "created_at_precise", "inline", "progress"})
+    _PRIVATE = frozenset({"timeout_hours", "created_at_precise", "inline", "requests", "progress"})
+
+    def pending_requests(self) -> int:
+        """Requests not yet answered, while the job is active (0 once it is over)."""
+        if self.status not in ACTIVE_STATUSES:
+            return 0
+        return max(0, (self.total_requests or self.requests) - self.completed_requests)
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(exclude=set(self._PRIVATE))

@@ -94,6 +94,24 @@ def test_cancel_then_cancelled_and_delete(start_emulator: StartEmulator) -> None
     assert gone.value.status_code == 404
 
 
+def test_pending_requests_over_the_workspace_limit_are_refused(
+    start_emulator: StartEmulator,
+) -> None:
+    client = sdk(
+        start_emulator(None, "--requests-per-second", "20", "--pending-requests-limit", "10")
+    )
+    first = submit(client, "/v1/embeddings", [{"input": "x"}] * 6, model="mistral-embed")
+    with pytest.raises(errors.SDKError) as refused:
+        submit(client, "/v1/embeddings", [{"input": "y"}] * 5, model="mistral-embed")
+    assert refused.value.status_code == 400
+    assert "6 pending and 5 in this job exceed the limit of 10" in refused.value.body
+    fits = submit(client, "/v1/embeddings", [{"input": "z"}] * 4, model="mistral-embed")
+    assert wait_for(client, first.id).status == "SUCCESS"
+    assert wait_for(client, fits.id).status == "SUCCESS"
+    later = submit(client, "/v1/embeddings", [{"input": "y"}] * 5, model="mistral-embed")
+    assert wait_for(client, later.id).status == "SUCCESS"  # finished jobs free their requests
+
+
 def test_unknown_ids_are_404(client: Mistral) -> None:
     for call in (
         lambda: client.batch.jobs.get(job_id="no-such-job"),
