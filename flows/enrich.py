@@ -1,5 +1,6 @@
-"""The enrich flow: plan → requests → submit → wait → collect (→ retry) → write (staging) →
-validate → publish or quarantine → summary."""
+"""The enrich flow: plan (cache lookup) → requests → estimate (dry run, budget) → submit → wait →
+collect (→ retry) → write (staging) → validate → publish or quarantine → cache update → summary.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import time
 from datetime import UTC, datetime
 
 from prefect import flow, unmapped
+from prefect.logging import get_run_logger
 
 from schemas.params import EnrichParams
-from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef
+from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef, WriteRef
+from tasks import cost
 from tasks.batch import check_credentials, collect_job, submit_shard, wait_for_jobs
+from tasks.cache import fetch_cached, promote_cache, stage_cache
+from tasks.cost import estimate_run
 from tasks.plan import plan_input
 from tasks.publish import publish_partition, quarantine_run
+from tasks.quota import holding, reserve_quota, waves
 from tasks.requests import build_requests, build_retry_requests
 from tasks.summary import publish_summary, summarize
 from tasks.validate import validate_run
@@ -20,13 +26,37 @@ from tasks.write import write_shard_task
 
 
 def _run_jobs(
-    shards: list[ShardRef], plan: PlanRef, params: EnrichParams
+    shards: list[ShardRef], plan: PlanRef, params: EnrichParams, quota: tuple[str, int]
 ) -> tuple[list[JobRef], list[CollectRef]]:
-    """Submit every shard, wait for all jobs together, collect each."""
-    jobs = submit_shard.map(shards, unmapped(plan), unmapped(params)).result()
-    outcomes = wait_for_jobs(jobs, params)
-    collected = collect_job.map(outcomes, shards, unmapped(plan), unmapped(params)).result()
+    """Submit shards, a quota-sized wave at a time: each wave holds slots of the pending-requests
+    limit equal to its requests from before its jobs exist until they are over."""
+    name, capacity = quota
+    jobs: list[JobRef] = []
+    collected: list[CollectRef] = []
+    for wave in waves(shards, capacity):
+        with holding(name, sum(s.requests for s in wave)):
+            submitted = submit_shard.map(wave, unmapped(plan), unmapped(params)).result()
+            outcomes = wait_for_jobs(submitted, params)
+        jobs += submitted
+        collected += collect_job.map(outcomes, wave, unmapped(plan), unmapped(params)).result()
     return jobs, collected
+
+
+def _within_budget(params: EnrichParams, spent: float | None, retry: list[ShardRef]) -> bool:
+    """Whether a retry pass keeps the run's estimate within ``max_cost_usd``."""
+    if params.max_cost_usd is None:
+        return True
+    prices = cost.load_prices(params.price_table)
+    more = cost.estimate(params, retry, prices).cost_usd
+    if spent is None or more is None or spent + more > params.max_cost_usd:
+        get_run_logger().warning(
+            "Not retrying %d text(s): the retry would take the estimate over max_cost_usd=%s; "
+            "they are recorded as rejected",
+            sum(s.texts for s in retry),
+            params.max_cost_usd,
+        )
+        return False
+    return True
 
 
 @flow(name="enrich", log_prints=False)
@@ -34,15 +64,25 @@ def enrich(params: EnrichParams) -> RunSummary:
     """Enrich a Parquet dataset through Mistral batch jobs; see the README for the contract."""
     started = time.monotonic()
     enriched_at = datetime.now(UTC)
-    check_credentials()
+    if not params.dry_run:
+        check_credentials()
     plan = plan_input(params, params.partition_value(enriched_at))
     shards = [
         s
         for s in build_requests.map(unmapped(plan), unmapped(params), range(plan.shards)).result()
         if s is not None
     ]
-    jobs, collected = _run_jobs(shards, plan, params) if shards else ([], [])
-    all_jobs, all_collected, requests = list(jobs), list(collected), sum(s.requests for s in shards)
+    estimate = estimate_run(plan, shards, params)  # raises when over budget
+    if params.dry_run:
+        return summarize(
+            plan, params, [], [], [], shards, estimate, time.monotonic() - started, dry_run=True
+        )
+
+    fetch_cached.map(unmapped(plan), range(len(plan.cache_files))).result()
+    quota = reserve_quota() if shards else ("", 0)
+    jobs, collected = _run_jobs(shards, plan, params, quota) if shards else ([], [])
+    all_jobs, all_collected, all_shards = list(jobs), list(collected), list(shards)
+    spent: float | None = estimate.cost_usd
 
     for attempt in range(1, params.max_retries + 1):
         retry = [c for c in collected if c.transient_failures]
@@ -59,24 +99,45 @@ def enrich(params: EnrichParams) -> RunSummary:
             ).result()
             if s is not None
         ]
-        jobs, collected = _run_jobs(retry_shards, plan, params) if retry_shards else ([], [])
+        if not retry_shards or not _within_budget(params, spent, retry_shards):
+            break
+        prices = cost.load_prices(params.price_table)
+        more = cost.estimate(params, retry_shards, prices).cost_usd
+        spent = None if spent is None or more is None else spent + more
+        jobs, collected = _run_jobs(retry_shards, plan, params, quota)
         all_jobs += jobs
         all_collected += collected
-        requests += sum(s.requests for s in retry_shards)
+        all_shards += retry_shards
 
-    written = write_shard_task.map(
-        unmapped(plan),
-        unmapped(params),
-        range(plan.shards),
-        [[c for c in all_collected if c.shard == shard] for shard in range(plan.shards)],
-        unmapped(enriched_at),
-    ).result()
+    written = write_all(plan, params, all_collected, enriched_at)
     verdict = validate_run(plan, params, written)
     summary = summarize(
-        plan, params.output, all_jobs, all_collected, written, requests, time.monotonic() - started
+        plan,
+        params,
+        all_jobs,
+        all_collected,
+        written,
+        all_shards,
+        estimate,
+        time.monotonic() - started,
     )
     publish_summary(summary, all_collected, verdict)
     if not verdict.success:
         quarantine_run(plan, params, verdict)  # raises: the run fails, nothing is published
+    pending = stage_cache(plan, params, written)
     publish_partition(plan, params, written, verdict, summary.jobs)
+    if pending:
+        promote_cache(pending)
     return summary
+
+
+def write_all(
+    plan: PlanRef, params: EnrichParams, collected: list[CollectRef], enriched_at: datetime
+) -> list[WriteRef]:
+    return write_shard_task.map(
+        unmapped(plan),
+        unmapped(params),
+        range(plan.shards),
+        [[c for c in collected if c.shard == shard] for shard in range(plan.shards)],
+        unmapped(enriched_at),
+    ).result()

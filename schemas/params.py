@@ -34,6 +34,15 @@ DEFAULT_MODELS: dict[Kind, str] = {
     Kind.classification: "mistral-small-latest",
 }
 
+
+class CacheMode(StrEnum):
+    """How a run uses the content cache."""
+
+    use = "use"  # read hits, add new results after publishing
+    refresh = "refresh"  # send every row again, add the new results
+    off = "off"  # neither read nor write
+
+
 DEFAULT_INSTRUCTIONS = (
     "Classify the user's text. Answer with the single label from the allowed set that fits best."
 )
@@ -103,6 +112,30 @@ class EnrichParams(BaseModel):
     norm_tolerance: Annotated[float, Field(gt=0, le=1)] = Field(
         default=1e-3, description="Validation: how far an embedding's L2 norm may be from 1."
     )
+    cache: str | None = Field(
+        default=None,
+        description="Content cache (Parquet, a folder or s3:// URI); default: `_enrich/_cache` "
+        "beside the output, shared by every table there.",
+    )
+    cache_mode: CacheMode = Field(
+        default=CacheMode.use,
+        description="use: rows whose text was enriched before with the same model and options "
+        "are not sent again; refresh: send all, update the cache; off: no cache.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Stop after the plan: requests, tokens and estimated cost; nothing is "
+        "uploaded, no job is created, nothing is published.",
+    )
+    max_cost_usd: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="Refuse to submit when the estimated cost is over this many US dollars.",
+    )
+    price_table: str | None = Field(
+        default=None,
+        description="Price table (JSON) for cost estimates; default: the project's "
+        "schemas/prices.json.",
+    )
     work: str | None = Field(
         default=None,
         description="Where staging, rejected rows, quarantine and manifests go; default: "
@@ -143,6 +176,12 @@ class EnrichParams(BaseModel):
             return self.work.rstrip("/")
         parent, _, name = self.output.rstrip("/").rpartition("/")
         return f"{parent}/_enrich/{name}" if parent else f"_enrich/{name}"
+
+    def cache_root(self) -> str:
+        if self.cache:
+            return self.cache.rstrip("/")
+        parent, _, _ = self.output.rstrip("/").rpartition("/")
+        return f"{parent}/_enrich/_cache" if parent else "_enrich/_cache"
 
     def partition_value(self, now: datetime | None = None) -> str:
         return self.partition or (now or datetime.now(UTC)).strftime("%Y-%m-%d")

@@ -21,9 +21,31 @@ class PlanRef(_Ref):
     shards: int
     input_columns: list[str]
     partition: str
+    cache_folder: str | None = None  # None: cache_mode is off
+    cache_files: list[str] = Field(default_factory=list)  # the files that hold hits
+    hits_uri: str | None = None  # keys found in the cache, with the index of their file
+    cache_hit_rows: int = 0  # rows whose result comes from the cache
+    cache_hit_texts: int = 0
+    cache_hit_tokens: int = 0  # prompt tokens the hits cost when they were sent
 
     def rows_uri(self, shard: int) -> str:
         return f"{self.staging.rstrip('/')}/rows/_bucket={shard}"
+
+    def cached_uri(self, shard: int | None = None) -> str:
+        base = f"{self.staging.rstrip('/')}/cached"
+        return base if shard is None else f"{base}/_bucket={shard}"
+
+
+class Estimate(_Ref):
+    """What a run (or a retry pass) would send and cost, before anything is submitted."""
+
+    model: str
+    texts: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int  # estimated: only chat classification generates text
+    cost_usd: float | None  # None: the price table has no price for the model
+    price: str  # which price applied, and from which table
 
 
 class ShardRef(_Ref):
@@ -90,6 +112,9 @@ class WriteRef(_Ref):
     enriched_rows: int
     rejected_rows: int
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    cached_rows: int = 0  # enriched rows whose result came from the cache
+    cache_add_uri: str | None = None  # this shard's new results, for the cache
+    cache_add_rows: int = 0
 
 
 class FailedCheck(_Ref):
@@ -146,3 +171,11 @@ class RunSummary(_Ref):
     completion_tokens: int
     duplicate_lines: int
     duration_seconds: float
+    dry_run: bool = False
+    cache_hit_rows: int = 0
+    cache_hit_texts: int = 0
+    sent_texts: int = 0  # texts sent in a first attempt (retries not counted)
+    estimated: Estimate | None = None
+    actual_cost_usd: float | None = None
+    cost_avoided_usd: float | None = None  # what the cache hits would have cost
+    cache_added: int = 0  # results added to the cache by this run

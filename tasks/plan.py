@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -17,14 +18,13 @@ import pyarrow.dataset as ds
 from prefect import task
 from prefect.logging import get_run_logger
 
-from schemas.params import EnrichParams, Kind
+from schemas.params import CacheMode, EnrichParams, Kind
 from schemas.refs import PlanRef
-from tasks import layout, storage
+from tasks import cache, layout, storage
+from tasks.columns import BUCKET, KEY_SCHEME, REJECT, TEXT_KEY, TEXT_KEY_2
 
-TEXT_KEY = "_text_key"
-REJECT = "_reject_reason"
-BUCKET = "_bucket"
-_KEY_SEED = 0x6D69737472616C  # fixed: keys must be the same in every process and run
+__all__ = ["BUCKET", "REJECT", "TEXT_KEY", "TEXT_KEY_2", "InputError", "plan", "plan_input"]
+
 _EXAMPLES = 5
 
 
@@ -85,9 +85,31 @@ def check_ids(frame: pl.LazyFrame, id_column: str, source: str) -> None:
         )
 
 
-def text_key(text_column: str) -> pl.Expr:
-    """A 64-bit hash of the text: equal texts, equal keys (stable for the locked polars)."""
-    return pl.col(text_column).hash(seed=_KEY_SEED).alias(TEXT_KEY)
+def normalised(kind: Kind, text_column: str) -> pl.Expr:
+    """The text as it is sent and keyed: Unicode NFC (canonically equal texts are one text).
+    Case and whitespace are kept: they change what the model sees."""
+    text = pl.col(text_column)
+    if kind is Kind.chat_moderation:
+        return text.list.eval(
+            pl.element().struct.with_fields(pl.field("content").str.normalize("NFC"))
+        )
+    return text.str.normalize("NFC")
+
+
+def key_seeds(params: EnrichParams) -> tuple[int, int]:
+    """Two hash seeds drawn from every option that changes a result (kind, model, labels, ...):
+    a text's key differs per model and options, so a changed option misses the cache."""
+    identity = json.dumps({"scheme": KEY_SCHEME, **params.result_options()}, sort_keys=True)
+    digest = hashlib.sha256(identity.encode()).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:16], "little")
+
+
+def text_keys(params: EnrichParams) -> list[pl.Expr]:
+    """Two independent 64-bit hashes of (options, normalised text). The first buckets rows and
+    joins results inside a run; both together (128 bits) key the content cache."""
+    first, second = key_seeds(params)
+    text = normalised(params.kind, params.text_column)
+    return [text.hash(seed=first).alias(TEXT_KEY), text.hash(seed=second).alias(TEXT_KEY_2)]
 
 
 def reject_reason(kind: Kind, text_column: str) -> pl.Expr:
@@ -148,7 +170,7 @@ def bucket_rows(
                 frame = pl.from_arrow(batch)
                 assert isinstance(frame, pl.DataFrame)
                 frame = frame.with_columns(
-                    text_key(params.text_column), reject_reason(params.kind, params.text_column)
+                    *text_keys(params), reject_reason(params.kind, params.text_column)
                 ).with_columns((pl.col(TEXT_KEY) % shards).cast(pl.Int32).alias(BUCKET))
                 for reason, count in frame[REJECT].drop_nulls().value_counts().iter_rows():
                     rejected[reason] = rejected.get(reason, 0) + count
@@ -157,9 +179,7 @@ def bucket_rows(
         first = pl.from_arrow(dataset.schema.empty_table())
         assert isinstance(first, pl.DataFrame)
         schema = (
-            first.with_columns(
-                text_key(params.text_column), reject_reason(params.kind, params.text_column)
-            )
+            first.with_columns(*text_keys(params), reject_reason(params.kind, params.text_column))
             .with_columns(pl.lit(0, pl.Int32).alias(BUCKET))
             .to_arrow()
             .schema
@@ -200,6 +220,7 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
     rows_uri = storage.join(staging, "rows")
     storage.remove(rows_uri)
     rejected = bucket_rows(dataset, params, shards, rows_uri)
+    found = lookup_cache(params, rows_uri, staging) if rejected_total(rejected) < rows else {}
     return PlanRef(
         run_key=key,
         staging=staging,
@@ -210,7 +231,44 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
         shards=shards,
         input_columns=list(dataset.schema.names),
         partition=partition,
+        cache_folder=None if params.cache_mode is CacheMode.off else cache.folder(params),
+        **found,
     )
+
+
+def rejected_total(rejected: dict[str, int]) -> int:
+    return sum(rejected.values())
+
+
+def lookup_cache(params: EnrichParams, rows_uri: str, staging: str) -> dict[str, Any]:
+    """Find the rows' texts in the content cache (cache_mode 'use'); the hits are written to
+    staging and are not sent. Pending additions of a run that crashed after publishing are
+    promoted first, so its results count."""
+    if params.cache_mode is not CacheMode.use:
+        return {}
+    location = cache.folder(params)
+    cache.promote_pending(location)
+    keys = (
+        storage.read_tree(rows_uri, [TEXT_KEY, TEXT_KEY_2, REJECT])
+        .filter(pl.col(REJECT).is_null())
+        .drop(REJECT)
+    )
+    hits, files = cache.lookup(location, keys.lazy())
+    if hits.height == 0:
+        return {}
+    hit_rows = keys.join(hits, on=[TEXT_KEY, TEXT_KEY_2], how="semi").height
+    used = sorted(hits[cache.FILE].unique().to_list())
+    renumber = {old: new for new, old in enumerate(used)}
+    hits = hits.with_columns(pl.col(cache.FILE).replace_strict(renumber, return_dtype=pl.Int32))
+    hits_uri = storage.join(staging, "cache", "hits.parquet")
+    storage.write_parquet(hits.to_arrow(), hits_uri)
+    return {
+        "cache_files": [files[i] for i in used],
+        "hits_uri": hits_uri,
+        "cache_hit_rows": hit_rows,
+        "cache_hit_texts": hits.height,
+        "cache_hit_tokens": int(hits[cache.TOKENS].sum() or 0),
+    }
 
 
 @task(name="plan")
@@ -218,11 +276,14 @@ def plan_input(params: EnrichParams, partition: str) -> PlanRef:
     logger = get_run_logger()
     ref = plan(params, partition)
     logger.info(
-        "Planned %d rows in %d shard(s); %d rejected before sending %s; staging at %s",
+        "Planned %d rows in %d shard(s); %d rejected before sending %s; %d rows (%d texts) "
+        "found in the cache; staging at %s",
         ref.rows,
         ref.shards,
         ref.rows - ref.rows_to_send,
         ref.rejected_before_send or "",
+        ref.cache_hit_rows,
+        ref.cache_hit_texts,
         ref.staging,
     )
     return ref

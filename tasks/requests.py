@@ -20,7 +20,7 @@ from prefect import task
 from schemas.params import EnrichParams, Kind
 from schemas.refs import PlanRef, ShardRef
 from tasks import storage
-from tasks.plan import REJECT, TEXT_KEY, InputError
+from tasks.plan import REJECT, TEXT_KEY, TEXT_KEY_2, InputError, normalised
 from tasks.tokens import TokenCounter
 
 MAX_INPUTS_PER_REQUEST = 512
@@ -110,8 +110,11 @@ class BuiltRequests:
 def build(texts: pl.DataFrame, params: EnrichParams, shard: int, attempt: int) -> BuiltRequests:
     """Request lines for unique texts (``_text_key``, text column), sorted by key."""
     text = params.text_column
-    if params.kind is Kind.chat_moderation:
-        counts = np.zeros(texts.height, dtype=np.int64)  # conversations are sent one per line
+    if params.kind is Kind.chat_moderation:  # an estimate: the turns' contents, one by one
+        contents = texts.select(
+            pl.col(text).list.eval(pl.element().struct.field("content")).list.join("\n")
+        )
+        counts = _tokens.per_input(params.model, contents.to_series().to_list())
     elif params.kind is Kind.classification:
         counts = _tokens.per_input("chat", texts[text].to_list())
     else:
@@ -130,6 +133,7 @@ def build(texts: pl.DataFrame, params: EnrichParams, shard: int, attempt: int) -
         "custom_id",
         pl.int_range(pl.len()).over("_line").cast(pl.Int64).alias("position"),
         TEXT_KEY,
+        "_tokens",
     )
     if params.kind in PACKED_KINDS:
         grouped = texts.group_by("_line", maintain_order=True).agg(
@@ -147,17 +151,24 @@ def build(texts: pl.DataFrame, params: EnrichParams, shard: int, attempt: int) -
 
 
 def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame:
-    """The unique texts of a shard, sorted by key; a hash collision is refused, not guessed."""
+    """The unique normalised texts of a shard that the cache does not hold, sorted by key; a
+    hash collision is refused, not guessed."""
     if not storage.exists(plan.rows_uri(shard)):  # no row hashed into this shard
         return pl.DataFrame(schema={TEXT_KEY: pl.UInt64, params.text_column: pl.String})
     rows = storage.scan_parquet(plan.rows_uri(shard))
-    pairs = (
+    unique = (
         rows.filter(pl.col(REJECT).is_null())
-        .select(TEXT_KEY, params.text_column)
+        .select(TEXT_KEY, TEXT_KEY_2, normalised(params.kind, params.text_column))
         .unique(maintain_order=False)
-        .sort(TEXT_KEY)
-        .collect()
     )
+    if plan.hits_uri:
+        hits = (
+            storage.scan_parquet(plan.hits_uri)
+            .filter(pl.col(TEXT_KEY) % plan.shards == shard)
+            .select(TEXT_KEY, TEXT_KEY_2)
+        )
+        unique = unique.join(hits, on=[TEXT_KEY, TEXT_KEY_2], how="anti")
+    pairs = unique.drop(TEXT_KEY_2).sort(TEXT_KEY).collect()
     if pairs[TEXT_KEY].is_duplicated().any():
         raise InputError(
             f"two different texts in shard {shard} share a 64-bit text key; "

@@ -250,8 +250,9 @@ def parse(
     internal = ("custom_id", "position", "_present")
     result_cols = [c for c in items.columns if c not in internal]
     # One pass over the wide columns (vectors); the failure bookkeeping uses the narrow ones.
+    tokens = ["_tokens"] if "_tokens" in manifest.columns else []  # kept for the cache
     results = joined.filter(answered_ok & pl.col("_present").is_not_null()).select(
-        TEXT_KEY, *result_cols, pl.lit(job_id).alias("batch_job_id")
+        TEXT_KEY, *result_cols, *tokens, pl.lit(job_id).alias("batch_job_id")
     )
     narrow = joined.select(TEXT_KEY, "custom_id", "_present")
     matched = narrow.filter(answered_ok)

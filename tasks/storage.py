@@ -219,6 +219,20 @@ def scan_parquet(uri: str) -> pl.LazyFrame:
     return pl.scan_pyarrow_dataset(parquet_dataset(uri))
 
 
+def read_tree(uri: str, columns: list[str]) -> pl.DataFrame:
+    """``columns`` of every Parquet file under ``uri`` — including folders whose names start
+    with ``_`` (which datasets skip by default), such as the staging area's ``_bucket=<n>``."""
+    files = list_files(uri, ".parquet")
+    if not files:
+        raise InputNotFoundError(f"no Parquet file under {uri}")
+    fs, _ = arrow_filesystem(uri)
+    paths = [filesystem(f)[1] for f in files]
+    table = ds.dataset(paths, filesystem=fs, format="parquet").to_table(columns=columns)
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
 def parquet_dataset(uri: str) -> ds.Dataset:
     """A dataset over Parquet at ``uri`` (file, folder with hive partitions, or glob).
 

@@ -5,32 +5,49 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from schemas.refs import CollectRef, GateRef, JobRef, PlanRef, RunSummary, WriteRef
+from schemas.params import EnrichParams
+from schemas.refs import (
+    CollectRef,
+    Estimate,
+    GateRef,
+    JobRef,
+    PlanRef,
+    RunSummary,
+    ShardRef,
+    WriteRef,
+)
 from schemas.tables import REJECT_REASONS
+from tasks import cost
 
 
 def summarize(
     plan: PlanRef,
-    output: str,
+    params: EnrichParams,
     jobs: list[JobRef],
     collected: list[CollectRef],
     written: list[WriteRef],
-    requests: int,
+    shards: list[ShardRef],
+    estimate: Estimate,
     duration_seconds: float,
+    *,
+    dry_run: bool = False,
 ) -> RunSummary:
     by_reason: dict[str, int] = {}
     for ref in written:
         for reason, count in ref.rejected_by_reason.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
+    prices = cost.load_prices(params.price_table)
+    prompt_tokens = sum(c.prompt_tokens for c in collected)
+    completion_tokens = sum(c.completion_tokens for c in collected)
     return RunSummary(
         run_key=plan.run_key,
-        output=output,
+        output=params.output,
         partition=plan.partition,
         rows_in=plan.rows,
         enriched_rows=sum(w.enriched_rows for w in written),
         rejected_rows=sum(w.rejected_rows for w in written),
         rejected_by_reason=by_reason,
-        requests=requests,
+        requests=sum(s.requests for s in shards),
         jobs={c.job_id: c.job_status for c in collected},
         reattached_jobs=sum(j.reattached for j in jobs),
         retried_texts=sum(
@@ -38,14 +55,31 @@ def summarize(
             for c in collected
             if c.attempt > 0
         ),
-        prompt_tokens=sum(c.prompt_tokens for c in collected),
-        completion_tokens=sum(c.completion_tokens for c in collected),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         duplicate_lines=sum(c.duplicate_lines for c in collected),
         duration_seconds=round(duration_seconds, 1),
+        dry_run=dry_run,
+        cache_hit_rows=plan.cache_hit_rows,
+        cache_hit_texts=plan.cache_hit_texts,
+        sent_texts=sum(s.texts for s in shards if s.attempt == 0),
+        estimated=estimate,
+        actual_cost_usd=None
+        if dry_run
+        else prices.cost(params.model, prompt_tokens, completion_tokens),
+        cost_avoided_usd=cost.avoided(params, plan, prices),
+        cache_added=sum(w.cache_add_rows for w in written),
     )
 
 
+def _usd(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.4f}"
+
+
 def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateRef) -> str:
+    estimated = summary.estimated or Estimate(
+        model="", texts=0, requests=0, prompt_tokens=0, completion_tokens=0, cost_usd=0, price=""
+    )
     lines = [
         f"# Enrichment run `{summary.run_key}`",
         "",
@@ -55,10 +89,17 @@ def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateR
         f"| rows in | {summary.rows_in:,} |",
         f"| enriched | {summary.enriched_rows:,} |",
         f"| rejected | {summary.rejected_rows:,} |",
+        f"| from the cache | {summary.cache_hit_rows:,} rows ({summary.cache_hit_texts:,} texts);"
+        f" cost avoided {_usd(summary.cost_avoided_usd)} |",
+        f"| sent | {summary.sent_texts:,} new texts |",
         f"| requests | {summary.requests:,} |",
         f"| jobs | {len(summary.jobs)} ({summary.reattached_jobs} reattached) |",
         f"| texts retried | {summary.retried_texts:,} |",
-        f"| tokens | {summary.prompt_tokens:,} prompt, {summary.completion_tokens:,} completion |",
+        f"| tokens, estimated | {estimated.prompt_tokens:,} prompt, "
+        f"{estimated.completion_tokens:,} completion: {_usd(estimated.cost_usd)} |",
+        f"| tokens, actual | {summary.prompt_tokens:,} prompt, {summary.completion_tokens:,} "
+        f"completion: {_usd(summary.actual_cost_usd)} |",
+        f"| added to the cache | {summary.cache_added:,} results |",
         f"| duplicated answer lines | {summary.duplicate_lines} |",
         f"| duration | {summary.duration_seconds:,.1f} s |",
         f"| validation | {'passed' if verdict.success else 'FAILED: ' + verdict.message()} "

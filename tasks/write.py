@@ -16,16 +16,37 @@ from prefect import task
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, PlanRef, WriteRef
 from schemas.tables import REJECTED
-from tasks import storage
-from tasks.plan import BUCKET, REJECT, TEXT_KEY
+from tasks import cache, storage
+from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.validate import derive
 
-_INTERNAL = (TEXT_KEY, REJECT, BUCKET)
+_INTERNAL = (TEXT_KEY, TEXT_KEY_2, REJECT, BUCKET)
+_LINEAGE = (TEXT_KEY, "batch_job_id", "enriched_at", "result_source", "_tokens")
 
 
-def merge_attempts(collected: list[CollectRef]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def cached_results(plan: PlanRef, shard: int) -> pl.DataFrame:
+    """The shard's results copied out of the content cache (``tasks.cache.fetch``)."""
+    if not plan.hits_uri or not storage.exists(plan.cached_uri(shard)):
+        return pl.DataFrame()
+    frame = storage.scan_parquet(plan.cached_uri(shard)).collect()
+    return (
+        frame.drop(cache.KEY_2, cache.TOKENS, BUCKET, strict=False)
+        .rename({cache.KEY: TEXT_KEY})
+        .with_columns(pl.lit("cache").alias("result_source"))
+    )
+
+
+def merge_attempts(
+    collected: list[CollectRef], enriched_at: datetime
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Results of every attempt, and each failed text's last failure with its attempt count."""
-    results = [storage.read_parquet(c.results_uri) for c in collected]
+    stamp = pl.lit(enriched_at).cast(pl.Datetime("us", "UTC")).alias("enriched_at")
+    results = [
+        storage.read_parquet(c.results_uri).with_columns(
+            stamp, pl.lit("batch").alias("result_source")
+        )
+        for c in collected
+    ]
     failures = [
         storage.read_parquet(c.failures_uri).with_columns(pl.lit(c.attempt).alias("_attempt"))
         for c in collected
@@ -55,13 +76,14 @@ def enrich_rows(
         # Vectors stay variable-length lists until the gate has checked their length;
         # publishing turns them into FixedSizeList(float32, dim).
         enriched = sendable.join(results, on=TEXT_KEY, how="inner")
-        result_columns = [c for c in results.columns if c not in (TEXT_KEY, "batch_job_id")]
+        result_columns = [c for c in results.columns if c not in _LINEAGE]
         enriched = enriched.select(
             *input_columns,
             *result_columns,
-            pl.lit(enriched_at).cast(pl.Datetime("us", "UTC")).alias("enriched_at"),
+            pl.col("enriched_at").cast(pl.Datetime("us", "UTC")),
             pl.lit(params.model).alias("model"),
             "batch_job_id",
+            "result_source",
         )
     before_send = rows.filter(pl.col(REJECT).is_not_null()).select(
         *input_columns,
@@ -110,8 +132,19 @@ def write_shard(
     if not storage.exists(plan.rows_uri(shard)):  # no row hashed into this shard
         return WriteRef(shard=shard, enriched_rows=0, rejected_rows=0)
     rows = storage.scan_parquet(plan.rows_uri(shard)).collect()
-    results, failed = merge_attempts(collected)
+    fresh, failed = merge_attempts(collected, enriched_at)
+    cached = cached_results(plan, shard)
+    parts = [f for f in (fresh, cached) if f.height]
+    results = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+    if cached.height and failed.height:  # a text is never both: the cache answered it
+        failed = failed.join(cached.select(TEXT_KEY), on=TEXT_KEY, how="anti")
     enriched, rejected = enrich_rows(rows, results, failed, params, enriched_at)
+    cache_add_uri, cache_add_rows = None, 0
+    if plan.cache_folder and fresh.height:
+        cache_add_uri = staged(plan, "cache-add", shard)
+        additions = cache_additions(rows, fresh)
+        storage.write_parquet(additions.to_arrow(), cache_add_uri)
+        cache_add_rows = additions.height
     enriched_uri = checks_uri = rejected_uri = None
     if enriched.height:
         enriched_uri = staged(plan, "enriched", shard)
@@ -144,7 +177,27 @@ def write_shard(
         enriched_rows=enriched.height,
         rejected_rows=rejected.height,
         rejected_by_reason=by_reason,
+        cached_rows=int((enriched["result_source"] == "cache").sum()) if enriched.height else 0,
+        cache_add_uri=cache_add_uri,
+        cache_add_rows=cache_add_rows,
     )
+
+
+def cache_additions(rows: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
+    """New results in the cache's shape: both keys, prompt tokens, results, lineage."""
+    keys = rows.select(TEXT_KEY, TEXT_KEY_2).unique(TEXT_KEY)
+    results = fresh.unique(TEXT_KEY, keep="first").join(keys, on=TEXT_KEY, how="inner")
+    result_columns = [c for c in fresh.columns if c not in _LINEAGE]
+    return results.select(
+        pl.col(TEXT_KEY).alias(cache.KEY),
+        pl.col(TEXT_KEY_2).alias(cache.KEY_2),
+        pl.col("_tokens").cast(pl.Int64).alias(cache.TOKENS)
+        if "_tokens" in fresh.columns
+        else pl.lit(None, pl.Int64).alias(cache.TOKENS),
+        *result_columns,
+        "batch_job_id",
+        pl.col("enriched_at").cast(pl.Datetime("us", "UTC")),
+    ).sort(cache.KEY)
 
 
 @task(name="write")

@@ -64,6 +64,7 @@ def test_embeddings_end_to_end(tmp_path: Path, mistral: EmulatorProcess) -> None
         "enriched_at",
         "model",
         "batch_job_id",
+        "result_source",
     ]
     assert set(table["model"]) == {"mistral-embed"}
     # Each row has its own text's vector: compare with a direct call for a few rows.
@@ -162,9 +163,10 @@ def test_glob_input(tmp_path: Path, mistral: EmulatorProcess) -> None:
 def test_rerun_replaces_the_partition_and_reattaches(
     tmp_path: Path, mistral: EmulatorProcess
 ) -> None:
+    # Without the cache (its own tests are in test_cache.py), a rerun finds its jobs by key.
     source = write_dataset(tmp_path / "in.parquet", [f"text {i}" for i in range(150)])
-    first = enrich(params(source, tmp_path / "out", shard_size=50))
-    again = enrich(params(source, tmp_path / "out", shard_size=50))
+    first = enrich(params(source, tmp_path / "out", shard_size=50, cache_mode="off"))
+    again = enrich(params(source, tmp_path / "out", shard_size=50, cache_mode="off"))
     assert again.reattached_jobs == len(again.jobs) == len(first.jobs)
     assert set(again.jobs) == set(first.jobs)  # the same jobs, not paid twice
     assert read_table(tmp_path / "out").height == 150

@@ -136,14 +136,16 @@ def test_a_wrong_batch_stops_at_the_gate(
     before = readers(output)["polars"].sort("id")
 
     use(monkeypatch, start_emulator({"seed": 5, "corrupt": {"rate": 0.3, "mode": mode}}))
-    with pytest.raises(ValidationFailedError) as refused:
-        enrich(params(source, output, kind=kind, options=options, poll_interval=0.1))
+    with pytest.raises(ValidationFailedError) as refused:  # refresh: send again, skip the cache
+        enrich(params(source, output, kind=kind, options=options, cache_mode="refresh"))
     message = str(refused.value)
     assert expected in message and "e.g. ids" in message, message
     assert "nothing was published and the previous partition is unchanged" in message
 
     after = readers(output)["polars"].sort("id")
     assert after.equals(before)  # analysts still read yesterday's table, untouched
+    cached = list((tmp_path / "_enrich" / "_cache").rglob("*.parquet"))
+    assert len(cached) == 1  # the first run's results; the refused ones were not cached
     quarantined = list((tmp_path / "_enrich" / "out" / "quarantine").iterdir())
     assert len(quarantined) == 1 and str(quarantined[0]) in message
     folder = quarantined[0]
