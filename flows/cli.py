@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from emulator.cli import emulator
-from schemas.params import Kind
+from schemas.params import CacheMode, Kind
 
 app = typer.Typer(
     add_completion=False,
@@ -52,6 +52,21 @@ def run(
     max_retries: Annotated[
         int, typer.Option(help="Follow-up jobs for transiently failed rows.")
     ] = 2,
+    cache: Annotated[
+        str | None, typer.Option(help="Content cache folder or s3:// URI; default beside output.")
+    ] = None,
+    cache_mode: Annotated[
+        CacheMode, typer.Option(help="use: skip cached texts; refresh: resend all; off.")
+    ] = CacheMode.use,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and estimate only: nothing is submitted.")
+    ] = False,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="Refuse to submit when the estimate is over this.")
+    ] = None,
+    price_table: Annotated[
+        str | None, typer.Option(help="Price table JSON; default schemas/prices.json.")
+    ] = None,
 ) -> None:
     """Run the enrich flow once, in this process (Prefect's local API unless one is set)."""
     from pydantic import ValidationError
@@ -71,6 +86,11 @@ def run(
             poll_interval=poll_interval,
             timeout_hours=timeout_hours,
             max_retries=max_retries,
+            cache=cache,
+            cache_mode=cache_mode,
+            dry_run=dry_run,
+            max_cost_usd=max_cost_usd,
+            price_table=price_table,
             options=KindOptions(
                 model=model,
                 labels=[x.strip() for x in labels.split(",")] if labels else [],
@@ -81,9 +101,76 @@ def run(
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    summary = enrich(params)
+    from tasks.cost import BudgetExceededError
+
+    try:
+        summary = enrich(params)
+    except BudgetExceededError as exc:
+        typer.echo(f"Refused: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if summary.dry_run:
+        typer.echo("Dry run: nothing was uploaded, submitted or published.")
+        return
     typer.echo(
         f"Enriched {summary.enriched_rows:,} of {summary.rows_in:,} rows "
-        f"({summary.rejected_rows:,} rejected) into {summary.output} "
-        f"partition={summary.partition}"
+        f"({summary.rejected_rows:,} rejected, {summary.cache_hit_rows:,} from the cache) into "
+        f"{summary.output} partition={summary.partition}"
     )
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect, compact or purge the content cache.")
+app.add_typer(cache_app, name="cache")
+
+CacheOption = Annotated[
+    str, typer.Option("--cache", help="The cache folder or s3:// URI (a run's `cache`).")
+]
+KindFilter = Annotated[Kind | None, typer.Option(help="Only this kind.")]
+ModelFilter = Annotated[str | None, typer.Option(help="Only this model id.")]
+
+
+@cache_app.command("info")
+def cache_info(cache: CacheOption) -> None:
+    """One line per kind/model/options folder: files, entries, size."""
+    from tasks import cache as content_cache
+
+    found = content_cache.folders(cache)
+    if not found:
+        typer.echo(f"The cache at {cache} is empty.")
+    for f in found:
+        stale = "" if f.current else "  (old key scheme: never read; purge it)"
+        typer.echo(
+            f"{f.kind:16} {f.model:40} {f.files:5} files {f.entries:12,} entries "
+            f"{f.bytes / 1e6:10,.1f} MB  {f.uri}{stale}"
+        )
+
+
+@cache_app.command("compact")
+def cache_compact(cache: CacheOption, kind: KindFilter = None, model: ModelFilter = None) -> None:
+    """Merge each folder's files into few files with unique keys, sorted (faster lookups).
+    Run it when no enrich run is using the cache."""
+    from tasks import cache as content_cache
+
+    for f in content_cache.select(cache, kind.value if kind else None, model):
+        files, before, after = content_cache.compact(f.uri)
+        typer.echo(
+            f"{f.kind} {f.model}: {files} files, {before:,} entries -> {after:,} unique entries"
+        )
+
+
+@cache_app.command("purge")
+def cache_purge(
+    cache: CacheOption,
+    kind: KindFilter = None,
+    model: ModelFilter = None,
+    all_entries: Annotated[
+        bool, typer.Option("--all", help="Remove the whole cache (every kind and model).")
+    ] = False,
+) -> None:
+    """Remove cached results by kind and/or model, or all of them (--all)."""
+    from tasks import cache as content_cache
+
+    if kind is None and model is None and not all_entries:
+        raise typer.BadParameter("give --kind and/or --model, or --all to remove everything")
+    removed = content_cache.purge(cache, kind.value if kind else None, model)
+    entries = sum(f.entries for f in removed)
+    typer.echo(f"Removed {len(removed)} cache folder(s), {entries:,} entries, from {cache}.")

@@ -68,7 +68,7 @@ class PriceTable(BaseModel):
             return None
         _, price = found
         full = (prompt_tokens * price.input + completion_tokens * price.output) / self.per_tokens
-        return round(full * (1 - self.batch_discount), 6)
+        return round(full * (1 - self.batch_discount), 10)
 
     def describe(self, model: str) -> str:
         found = self.price(model)
