@@ -41,6 +41,7 @@ bench: install
 	.venv/bin/python benchmarks/emulator_throughput.py
 	.venv/bin/python benchmarks/local_overhead.py
 	.venv/bin/python benchmarks/validation.py
+	.venv/bin/python benchmarks/cache_lookup.py
 
 # Re-resolve the lock after editing pyproject.toml dependencies (see README, "Updating the lock").
 lock: | $(UV)

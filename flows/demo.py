@@ -96,6 +96,21 @@ def show(params: EnrichParams) -> None:
         print(preview)
 
 
+def nightly(output: Path) -> None:
+    """The next night: the table grew by 300 rows; only their texts are sent."""
+    grown = sample_dataset(DEMO_DIR / "input" / "comments_grown.parquet", rows=ROWS + 300)
+    from flows.enrich import enrich
+
+    params = runs(grown, output)[0]
+    summary = enrich(params)
+    print(
+        f"\n== nightly rerun ({params.kind.value}) over {summary.rows_in:,} rows: "
+        f"{summary.cache_hit_rows:,} rows from the cache, {summary.sent_texts:,} new texts sent "
+        f"in {len(summary.jobs)} job(s); cost avoided ${summary.cost_avoided_usd or 0:,.6f}, "
+        f"spent ${summary.actual_cost_usd or 0:,.6f} (list prices, schemas/prices.json)"
+    )
+
+
 def main() -> None:
     started = time.monotonic()
     from flows.enrich import enrich
@@ -116,11 +131,13 @@ def main() -> None:
         for params in runs(source, output):
             summary = enrich(params)
             print(
-                f"{params.kind.value}: {summary.enriched_rows:,} enriched, "
+                f"{params.kind.value}: {summary.enriched_rows:,} enriched "
+                f"({summary.cache_hit_rows:,} from the cache), "
                 f"{summary.rejected_rows:,} rejected {summary.rejected_by_reason}"
             )
         for params in runs(source, output):
             show(params)
+        nightly(output)
     finally:
         if emulator is not None:
             emulator.stop()
