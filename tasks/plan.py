@@ -220,7 +220,8 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
     rows_uri = storage.join(staging, "rows")
     storage.remove(rows_uri)
     rejected = bucket_rows(dataset, params, shards, rows_uri)
-    found = lookup_cache(params, rows_uri, staging) if rejected_total(rejected) < rows else {}
+    sendable = rejected_total(rejected) < rows
+    found = lookup_cache(params, rows_uri, staging, shards) if sendable else {}
     return PlanRef(
         run_key=key,
         staging=staging,
@@ -240,7 +241,7 @@ def rejected_total(rejected: dict[str, int]) -> int:
     return sum(rejected.values())
 
 
-def lookup_cache(params: EnrichParams, rows_uri: str, staging: str) -> dict[str, Any]:
+def lookup_cache(params: EnrichParams, rows_uri: str, staging: str, shards: int) -> dict[str, Any]:
     """Find the rows' texts in the content cache (cache_mode 'use'); the hits are written to
     staging and are not sent. Pending additions of a run that crashed after publishing are
     promoted first, so its results count."""
@@ -259,9 +260,12 @@ def lookup_cache(params: EnrichParams, rows_uri: str, staging: str) -> dict[str,
     hit_rows = keys.join(hits, on=[TEXT_KEY, TEXT_KEY_2], how="semi").height
     used = sorted(hits[cache.FILE].unique().to_list())
     renumber = {old: new for new, old in enumerate(used)}
-    hits = hits.with_columns(pl.col(cache.FILE).replace_strict(renumber, return_dtype=pl.Int32))
+    hits = hits.with_columns(
+        pl.col(cache.FILE).replace_strict(renumber, return_dtype=pl.Int32),
+        (pl.col(TEXT_KEY) % shards).cast(pl.Int32).alias(BUCKET),
+    ).sort(BUCKET)  # row-group statistics let each shard read only its own hits
     hits_uri = storage.join(staging, "cache", "hits.parquet")
-    storage.write_parquet(hits.to_arrow(), hits_uri)
+    storage.write_parquet(hits.to_arrow(), hits_uri, row_group_size=32_768)
     return {
         "cache_files": [files[i] for i in used],
         "hits_uri": hits_uri,

@@ -20,7 +20,7 @@ from prefect import task
 from schemas.params import EnrichParams, Kind
 from schemas.refs import PlanRef, ShardRef
 from tasks import storage
-from tasks.plan import REJECT, TEXT_KEY, TEXT_KEY_2, InputError, normalised
+from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2, InputError, normalised
 from tasks.tokens import TokenCounter
 
 MAX_INPUTS_PER_REQUEST = 512
@@ -164,7 +164,7 @@ def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame
     if plan.hits_uri:
         hits = (
             storage.scan_parquet(plan.hits_uri)
-            .filter(pl.col(TEXT_KEY) % plan.shards == shard)
+            .filter(pl.col(BUCKET) == shard)
             .select(TEXT_KEY, TEXT_KEY_2)
         )
         unique = unique.join(hits, on=[TEXT_KEY, TEXT_KEY_2], how="anti")

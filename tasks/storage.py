@@ -186,7 +186,7 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return [prefix + p for p in found]
 
 
-def write_parquet(table: pa.Table, uri: str) -> None:
+def write_parquet(table: pa.Table, uri: str, row_group_size: int | None = None) -> None:
     """LZ4: vectors barely compress, and zstd reads them back four times slower."""
     fs, path = arrow_filesystem(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
@@ -197,6 +197,7 @@ def write_parquet(table: pa.Table, uri: str) -> None:
         filesystem=fs,
         compression="lz4",
         use_dictionary=[f.name for f in table.schema if f.name not in no_dictionary],
+        row_group_size=row_group_size,
     )
 
 

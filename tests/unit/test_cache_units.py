@@ -182,3 +182,24 @@ def test_quota_waves_never_hold_more_than_the_limit() -> None:
     assert all(sum(s.requests for s in wave) <= 5 for wave in grouped)
     with pytest.raises(QuotaError, match="shard 1 has 6 requests, more than the whole"):
         waves([shard(0, 1), shard(1, 6)], capacity=5)
+
+
+def test_purge_by_kind_or_everything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root = tmp_path / "cache"
+    for kind, model in (("embeddings", "mistral-embed"), ("moderation", "mistral-moderation-2411")):
+        folder = cache.folder(params(cache=str(root), kind=kind, options={"model": model}))
+        Path(folder).mkdir(parents=True)
+        cache.write_options(folder, params(cache=str(root), kind=kind, options={"model": model}))
+        write_cache_file(Path(folder) / "run.parquet", np.arange(1, 11, dtype=np.uint64))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "info", "--cache", str(root)])
+    assert listed.exit_code == 0 and listed.output.count("10 entries") == 2
+    removed = runner.invoke(app, ["cache", "purge", "--cache", str(root), "--kind", "moderation"])
+    assert "Removed 1 cache folder(s), 10 entries" in removed.output
+    assert [f.kind for f in cache.folders(str(root))] == ["embeddings"]
+    everything = runner.invoke(app, ["cache", "purge", "--cache", str(root), "--all"])
+    assert everything.exit_code == 0 and not root.exists()
