@@ -42,21 +42,22 @@ def _run_jobs(
     return jobs, collected
 
 
-def _within_budget(params: EnrichParams, spent: float | None, retry: list[ShardRef]) -> bool:
-    """Whether a retry pass keeps the run's estimate within ``max_cost_usd``."""
-    if params.max_cost_usd is None:
-        return True
-    prices = cost.load_prices(params.price_table)
-    more = cost.estimate(params, retry, prices).cost_usd
-    if spent is None or more is None or spent + more > params.max_cost_usd:
-        get_run_logger().warning(
-            "Not retrying %d text(s): the retry would take the estimate over max_cost_usd=%s; "
-            "they are recorded as rejected",
-            sum(s.texts for s in retry),
-            params.max_cost_usd,
-        )
-        return False
-    return True
+def _budget_after(
+    params: EnrichParams, spent: float | None, retry: list[ShardRef]
+) -> tuple[bool, float | None]:
+    """Whether a retry pass keeps the run's estimate within ``max_cost_usd``, and the estimate
+    with it."""
+    more = cost.estimate(params, retry, cost.load_prices(params.price_table)).cost_usd
+    total = None if spent is None or more is None else spent + more
+    if params.max_cost_usd is None or (total is not None and total <= params.max_cost_usd):
+        return True, total
+    get_run_logger().warning(
+        "Not retrying %d text(s): the retry would take the estimate over max_cost_usd=%s; "
+        "they are recorded as rejected",
+        sum(s.texts for s in retry),
+        params.max_cost_usd,
+    )
+    return False, spent
 
 
 @flow(name="enrich", log_prints=False)
@@ -99,11 +100,11 @@ def enrich(params: EnrichParams) -> RunSummary:
             ).result()
             if s is not None
         ]
-        if not retry_shards or not _within_budget(params, spent, retry_shards):
+        if not retry_shards:
             break
-        prices = cost.load_prices(params.price_table)
-        more = cost.estimate(params, retry_shards, prices).cost_usd
-        spent = None if spent is None or more is None else spent + more
+        affordable, spent = _budget_after(params, spent, retry_shards)
+        if not affordable:
+            break
         jobs, collected = _run_jobs(retry_shards, plan, params, quota)
         all_jobs += jobs
         all_collected += collected

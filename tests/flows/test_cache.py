@@ -343,3 +343,24 @@ def test_cache_on_s3_and_the_maintenance_commands(
     assert (
         enrich(params(f"{base}/input/d2.parquet", f"{base}/out", partition="d2")).sent_texts == 70
     )
+
+
+def test_a_retry_that_would_break_the_budget_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
+) -> None:
+    plan_ = {"seed": 1, "lines": {"rate": 0.5, "status": 503, "times": -1, "limit": 10}}
+    emu = use(monkeypatch, start_emulator(plan_))
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"models": {"mistral-small-*": {"input": 100.0}}}))
+    source = write(tmp_path / "in.parquet", list(range(60)), [f"mood {i}" for i in range(60)])
+    options = {"kind": "classification", "options": {"labels": LABELS}, "price_table": str(prices)}
+    dry = enrich(params(source, tmp_path / "out", dry_run=True, **options))
+    assert dry.estimated is not None and dry.estimated.cost_usd is not None
+    budget = dry.estimated.cost_usd * 1.05  # the first pass fits; a retry of 10 texts does not
+
+    from tasks.publish import ValidationFailedError
+
+    with pytest.raises(ValidationFailedError):  # 10 of 60 rows rejected: over the 1% allowed
+        enrich(params(source, tmp_path / "out", max_cost_usd=budget, **options))
+    client = Mistral(api_key=API_KEY, server_url=emu.url)
+    assert len(client.batch.jobs.list(page_size=100).data or []) == 1  # no follow-up job
