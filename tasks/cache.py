@@ -86,11 +86,12 @@ def folder(params: EnrichParams) -> str:
 def data_files(location: str) -> list[str]:
     """The cache files of one folder (pending and temporary files excluded)."""
     files = storage.list_files(location, ".parquet")
-    prefix = location.rstrip("/") + "/"
+    prefix = storage.filesystem(location)[1].rstrip("/") + "/"  # absolute, like the listing
     return [
         f
         for f in files
-        if "/" not in f.removeprefix(prefix) and not posixpath.basename(f).startswith("_")
+        if "/" not in storage.filesystem(f)[1].removeprefix(prefix)
+        and not posixpath.basename(f).startswith("_")
     ]
 
 

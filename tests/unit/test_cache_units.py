@@ -103,6 +103,18 @@ def test_lookup_and_fetch_read_only_what_they_need(tmp_path: Path) -> None:
         assert bucket_dir.name.startswith(BUCKET) and (keys % 4 == bucket).all()
 
 
+def test_a_relative_cache_path_finds_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("cache/_pending").mkdir(parents=True)
+    write_cache_file(Path("cache/run.parquet"), np.arange(1, 4, dtype=np.uint64))
+    write_cache_file(Path("cache/_pending/later.parquet"), np.arange(4, 6, dtype=np.uint64))
+    assert [Path(f).name for f in cache.data_files("cache")] == ["run.parquet"]
+    assert [Path(f).name for f in cache.promote_pending("cache")] == ["later.parquet"]
+    assert len(cache.data_files("cache")) == 2
+
+
 def test_compaction_keeps_the_newest_entry_per_key(tmp_path: Path) -> None:
     location = tmp_path / "cache"
     location.mkdir()
