@@ -82,7 +82,8 @@ def runs(source: Path, output: Path) -> list[EnrichParams]:
 
 
 def show(params: EnrichParams) -> None:
-    table = pl.scan_parquet(str(Path(params.output) / "partition=*" / "*.parquet")).collect()
+    partition = Path(params.output) / f"partition={params.partition_value()}"
+    table = pl.read_parquet(partition / "part-0.parquet")
     print(f"\n== {params.kind.value}: {table.height:,} rows in {Path(params.output).resolve()}")
     preview = table.drop("embedding", strict=False).head(5)
     if params.kind is Kind.embeddings:
