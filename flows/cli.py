@@ -118,6 +118,18 @@ def run(
     )
 
 
+@app.command("serve")
+def serve() -> None:
+    """Serve every deployment of prefect.yaml from this process (no work pool, no worker): the
+    nightly schedules, ad hoc runs from the Prefect UI and the hourly reconcile."""
+    import os
+
+    from deployments.serve import PROJECT, serve_all
+
+    os.chdir(PROJECT)  # the deployments' relative paths (demo dataset) resolve as with a worker
+    serve_all()
+
+
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect, compact or purge the content cache.")
 app.add_typer(cache_app, name="cache")
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from prefect import flow, unmapped
 from prefect.logging import get_run_logger
 
+from flows.hooks import cancel_jobs, report_failure
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef, WriteRef
 from tasks import cost
@@ -36,7 +37,7 @@ def _run_jobs(
     for wave in waves(shards, capacity):
         with holding(name, sum(s.requests for s in wave)):
             submitted = submit_shard.map(wave, unmapped(plan), unmapped(params)).result()
-            outcomes = wait_for_jobs(submitted, params)
+            outcomes = wait_for_jobs(submitted, params, plan.partition)
         jobs += submitted
         collected += collect_job.map(outcomes, wave, unmapped(plan), unmapped(params)).result()
     return jobs, collected
@@ -60,7 +61,13 @@ def _budget_after(
     return False, spent
 
 
-@flow(name="enrich", log_prints=False)
+@flow(
+    name="enrich",
+    log_prints=False,
+    on_cancellation=[cancel_jobs],
+    on_crashed=[report_failure],  # jobs keep running: the next run of the input reattaches
+    on_failure=[report_failure],
+)
 def enrich(params: EnrichParams) -> RunSummary:
     """Enrich a Parquet dataset through Mistral batch jobs; see the README for the contract."""
     started = time.monotonic()

@@ -43,6 +43,13 @@ class CacheMode(StrEnum):
     off = "off"  # neither read nor write
 
 
+class OnCancel(StrEnum):
+    """What a cancelled flow run does with the Mistral jobs it started."""
+
+    cancel = "cancel"  # stop the spending: cancel the jobs
+    detach = "detach"  # leave them running; a later run with the same input reattaches
+
+
 DEFAULT_INSTRUCTIONS = (
     "Classify the user's text. Answer with the single label from the allowed set that fits best."
 )
@@ -135,6 +142,11 @@ class EnrichParams(BaseModel):
         default=None,
         description="Price table (JSON) for cost estimates; default: the project's "
         "schemas/prices.json.",
+    )
+    on_cancel: OnCancel = Field(
+        default=OnCancel.cancel,
+        description="When the flow run is cancelled: cancel its Mistral jobs, or detach "
+        "(leave them running for a later run to reattach).",
     )
     work: str | None = Field(
         default=None,

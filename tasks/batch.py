@@ -19,10 +19,11 @@ from uuid import UUID
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
-from tasks import storage
+from tasks import events, layout, storage
 from tasks.mistral import (
     TERMINAL_STATUSES,
     JobStatus,
@@ -32,7 +33,7 @@ from tasks.mistral import (
 )
 from tasks.requests import attempt_dir
 from tasks.results import parse, too_long_failures
-from tasks.settings import MistralSettings
+from tasks.settings import mistral_settings
 
 GRACE_SECONDS = 3600.0  # past timeout_hours, Mistral itself ends the job: wait this much longer
 
@@ -43,7 +44,7 @@ class WaitTimeoutError(TimeoutError):
 
 def gateway() -> MistralGateway:
     """The Mistral gateway for this process's settings (the task edge reads the environment)."""
-    return MistralGateway(MistralSettings())
+    return MistralGateway(mistral_settings())
 
 
 def job_key(content_hash: str, options: dict[str, object]) -> str:
@@ -51,8 +52,15 @@ def job_key(content_hash: str, options: dict[str, object]) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-def submit(api: MistralGateway, shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
-    """Reattach to the job with this shard's key, or upload the file and create it."""
+def submit(
+    api: MistralGateway,
+    shard: ShardRef,
+    plan: PlanRef,
+    params: EnrichParams,
+    flow_run_id: str | None = None,
+) -> JobRef:
+    """Reattach to the job with this shard's key, or upload the file and create it. The job is
+    recorded in staging and under the flow run (for the cancel hook) as soon as it exists."""
     key = job_key(shard.content_hash, params.result_options())
     existing = api.find_jobs({"enrich_key": key})
     if existing:
@@ -75,6 +83,9 @@ def submit(api: MistralGateway, shard: ShardRef, plan: PlanRef, params: EnrichPa
                 enrich_attempt=shard.attempt,
                 enrich_kind=params.kind.value,
                 enrich_input=params.input,
+                enrich_output=params.output,
+                enrich_partition=plan.partition,
+                **({"enrich_flow_run": flow_run_id} if flow_run_id else {}),
             ),
             timeout_hours=params.timeout_hours,
         )
@@ -87,8 +98,12 @@ def submit(api: MistralGateway, shard: ShardRef, plan: PlanRef, params: EnrichPa
         requests=shard.requests,
         reattached=reattached,
     )
+    record = ref.model_dump()
+    if flow_run_id:
+        record_uri = storage.join(layout.run_jobs(params, flow_run_id), f"{job_id}.json")
+        storage.write_json(record_uri, record)
     storage.write_json(
-        storage.join(attempt_dir(plan, shard.shard, shard.attempt), "job.json"), ref.model_dump()
+        storage.join(attempt_dir(plan, shard.shard, shard.attempt), "job.json"), record
     )
     return ref
 
@@ -100,6 +115,7 @@ def wait_all(
     deadline: float,
     on_progress: Callable[[int, int], None],
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    on_ended: Callable[[JobRef, JobStatus], None] = lambda job, status: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, JobStatus]:
@@ -129,6 +145,7 @@ def wait_all(
                     seen[job.job_id] = status.status
                 if status.status in TERMINAL_STATUSES:
                     final[job.job_id] = status
+                    on_ended(job, status)
             failures = 0
         except TransientApiError as exc:
             failures += 1
@@ -204,7 +221,7 @@ def check_credentials() -> None:
 
 @task(name="submit")
 def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
-    ref = submit(gateway(), shard, plan, params)
+    ref = submit(gateway(), shard, plan, params, flow_run.get_id())
     verb = "Reattached to" if ref.reattached else "Created"
     get_run_logger().info(
         "%s batch job %s for shard %d attempt %d (%d requests)",
@@ -218,7 +235,7 @@ def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef
 
 
 @task(name="wait")
-def wait_for_jobs(jobs: list[JobRef], params: EnrichParams) -> list[JobOutcome]:
+def wait_for_jobs(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOutcome]:
     logger = get_run_logger()
     total = sum(j.requests for j in jobs)
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
@@ -235,7 +252,23 @@ def wait_for_jobs(jobs: list[JobRef], params: EnrichParams) -> list[JobOutcome]:
             shown[0] = value
 
     deadline = time.monotonic() + params.timeout_hours * 3600 + GRACE_SECONDS
-    final = wait_all(gateway(), jobs, params.poll_interval, deadline, progress, logger)
+
+    def ended(job: JobRef, status: JobStatus) -> None:
+        events.job_ended(
+            params,
+            partition,
+            job.job_id,
+            status.status,
+            {
+                "shard": job.shard,
+                "attempt": job.attempt,
+                "succeeded": status.succeeded,
+                "failed": status.failed,
+                "errors": list(status.errors)[:5],
+            },
+        )
+
+    final = wait_all(gateway(), jobs, params.poll_interval, deadline, progress, logger, ended)
     return [
         JobOutcome(
             shard=j.shard,

@@ -10,6 +10,7 @@ scans, so staging, rejected rows or a manifest inside the table would break
     <work>/rejected/partition=<value>/part-0.parquet
     <work>/published/partition=<value>/_manifest.json
     <work>/quarantine/<run>/     staged data, validation result and Data Docs of a failed run
+    <work>/runs/<flow run id>/   the Mistral jobs a flow run created or reattached (cancel hook)
 """
 
 from __future__ import annotations
@@ -49,3 +50,9 @@ def manifest_file(params: EnrichParams, partition: str) -> str:
 
 def quarantine(params: EnrichParams, run: str) -> str:
     return storage.join(params.work_root(), "quarantine", run)
+
+
+def run_jobs(params: EnrichParams, flow_run_id: str) -> str:
+    """Where a flow run records its Mistral jobs the moment they exist: a cancel hook running in
+    another process (the worker's) finds them there."""
+    return storage.join(params.work_root(), "runs", flow_run_id)

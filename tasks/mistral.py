@@ -154,6 +154,30 @@ class MistralGateway:
         except Exception as exc:
             raise _explain(exc, f"Creating a batch job for file {file_id}") from exc
 
+    def active_jobs(self) -> list[models.BatchJob]:
+        """Jobs this project created (they carry ``enrich_key``) that are not over yet."""
+        found: list[models.BatchJob] = []
+        page = 0
+        try:
+            while True:
+                listed = self._client.batch.jobs.list(
+                    status=["QUEUED", "RUNNING"], page=page, page_size=100
+                )
+                found.extend(listed.data or [])
+                if not listed.data or page * 100 + len(listed.data) >= listed.total:
+                    break
+                page += 1
+        except Exception as exc:
+            raise _explain(exc, "Listing running batch jobs") from exc
+        return [j for j in found if (j.metadata or {}).get("enrich_key")]
+
+    def cancel(self, job_id: str) -> str:
+        """Ask Mistral to cancel a job; returns the status it answers."""
+        try:
+            return str(self._client.batch.jobs.cancel(job_id=job_id).status)
+        except Exception as exc:
+            raise _explain(exc, f"Cancelling batch job {job_id}") from exc
+
     def job(self, job_id: str) -> JobStatus:
         try:
             return JobStatus.of(self._client.batch.jobs.get(job_id=job_id))

@@ -22,7 +22,7 @@ from prefect.logging import get_run_logger
 
 from schemas.params import EnrichParams, Kind
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
-from tasks import layout, storage
+from tasks import events, layout, storage
 from tasks.validate import expected_dimension
 
 
@@ -186,6 +186,11 @@ def publish_partition(
     ref = publish(plan, params, written, verdict, jobs, current_run_id(plan))
     get_run_logger().info(
         "Published %d rows to %s (manifest %s)", ref.rows, ref.data_uri, ref.manifest_uri
+    )
+    events.published(
+        params,
+        plan.partition,
+        {"rows": ref.rows, "data_uri": ref.data_uri, "manifest_uri": ref.manifest_uri},
     )
     return ref
 

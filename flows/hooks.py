@@ -1,0 +1,78 @@
+"""Flow-run state hooks: cancel the run's Mistral jobs when it is cancelled, and tell
+automations when it fails.
+
+Under a worker or ``serve`` these hooks run in the worker's process, not the flow's: they read
+what the run wrote down (its parameters, and the job records under ``<work>/runs/<flow run>/``),
+never the flow's memory. A host that dies runs no hook at all: the ``reconcile`` deployment
+catches those jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect.logging import get_logger
+
+from schemas.params import EnrichParams, OnCancel
+from tasks import events, layout, storage
+from tasks.batch import gateway
+from tasks.mistral import TERMINAL_STATUSES, ApiError
+
+
+def run_params(flow_run: Any) -> EnrichParams | None:
+    raw = (flow_run.parameters or {}).get("params")
+    try:
+        return EnrichParams.model_validate(raw)
+    except ValueError:
+        return None
+
+
+def recorded_jobs(params: EnrichParams, flow_run_id: str) -> list[str]:
+    """Job ids the run recorded, plus any carrying its id in their metadata (a job created just
+    before the record could be written)."""
+    ids = []
+    for uri in storage.list_files(layout.run_jobs(params, flow_run_id), ".json"):
+        with storage.open_read(uri) as handle:
+            ids.append(str(json.load(handle)["job_id"]))
+    for job in gateway().find_jobs({"enrich_flow_run": flow_run_id}):
+        if job.id not in ids:
+            ids.append(job.id)
+    return ids
+
+
+def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_cancellation: cancel (or detach from) the run's unfinished jobs."""
+    logger = get_logger("enrich.hooks")
+    params = run_params(flow_run)
+    if params is None:
+        return
+    run_id = str(flow_run.id)
+    if params.on_cancel is OnCancel.detach:
+        logger.info("Flow run %s ended %s: its batch jobs are left running", run_id, state.name)
+        return
+    api = gateway()
+    for job_id in recorded_jobs(params, run_id):
+        try:
+            status = api.job(job_id).status
+            if status not in TERMINAL_STATUSES:
+                logger.info("Cancelling batch job %s (%s) of flow run %s", job_id, status, run_id)
+                api.cancel(job_id)
+        except ApiError as exc:  # keep going: the other jobs still cost money
+            logger.error("Could not cancel batch job %s: %s", job_id, exc)
+
+
+def report_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_failure / on_crashed: an ``enrich.run.failed`` event for automations."""
+    params = run_params(flow_run)
+    if params is None:
+        return
+    events.failed(
+        params,
+        params.partition,
+        {
+            "flow_run_id": str(flow_run.id),
+            "state": state.name,
+            "message": (state.message or "")[:1000],
+        },
+    )

@@ -1,0 +1,273 @@
+"""The shipped path, end to end: a real `prefect server start` (temporary PREFECT_HOME, SQLite) on
+loopback, the deployments applied from prefect.yaml with `prefect deploy --all`, a
+`prefect worker start` process on the pool, the API key in a Prefect Secret block (the worker has
+no MISTRAL_API_KEY), and the emulator as Mistral."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from mistralai.client import Mistral
+
+from emulator.server import ChildService, EmulatorProcess
+from tests.support import API_KEY
+
+PROJECT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
+@dataclass
+class Stack:
+    api: str
+    http: httpx.Client
+    emulator: EmulatorProcess
+    data: Path
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call; SQLite answers 503 while another writer holds it: try again."""
+        for _ in range(20):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code != 503:
+                return response
+            time.sleep(0.5)
+        return response
+
+    def deployment(self, name: str, flow: str = "enrich") -> dict[str, Any]:
+        response = self.call("GET", f"/deployments/name/{flow}/{name}")
+        response.raise_for_status()
+        deployment: dict[str, Any] = response.json()
+        return deployment
+
+    def run(self, name: str, parameters: dict[str, Any]) -> str:
+        deployment = self.deployment(name)
+        response = self.call(
+            "POST",
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": parameters},
+        )
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    def state(self, run_id: str) -> str:
+        return str(self.call("GET", f"/flow_runs/{run_id}").json()["state"]["type"])
+
+    def wait_final(self, run_id: str, timeout: float) -> str:
+        return str(
+            wait_until(
+                f"flow run {run_id} to end",
+                lambda: (s := self.state(run_id)) in FINAL and s,
+                timeout,
+            )
+        )
+
+
+def prefect_env(api: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MISTRAL_"))}
+    return env | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
+    done = subprocess.run(
+        [PREFECT, *args],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("e2e")
+    home = root / "prefect-home"
+    home.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(api, home)
+    server, worker = ChildService("prefect server"), ChildService("prefect worker")
+    emulator = EmulatorProcess(
+        root / "emulator",
+        api_key=API_KEY,
+        extra_args=(
+            "--requests-per-second",
+            "10",
+        ),
+    ).start()
+    try:
+        server.launch(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            lambda line: "API reference" in line or "dashboard" in line,
+            env=env,
+            timeout=120,
+        )
+        http = httpx.Client(base_url=api, timeout=30)
+
+        def healthy() -> bool:
+            try:
+                return http.get("/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until("the Prefect API", healthy, 90)
+        cli(env, "work-pool", "create", "enrich-process", "--type", "process")
+        cli(env, "--no-prompt", "deploy", "--all")
+        # The key lives in a Secret block; the worker's environment has none.
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os; from prefect.blocks.system import Secret; "
+                "Secret(value=os.environ['SECRET_VALUE']).save('mistral-api-key')",
+            ],
+            env=env | {"SECRET_VALUE": API_KEY},
+            check=True,
+            timeout=120,
+        )
+        worker.launch(
+            [PREFECT, "worker", "start", "--pool", "enrich-process", "--type", "process"],
+            lambda line: (
+                "started!" in line.lower() or ("worker" in line.lower() and "start" in line)
+            ),
+            env=env | {"MISTRAL_SERVER_URL": emulator.url},
+            cwd=root,
+            timeout=120,
+        )
+        yield Stack(api=api, http=http, emulator=emulator, data=root / "data")
+    finally:
+        worker.stop(timeout=30)
+        server.stop(timeout=30)
+        emulator.stop()
+
+
+def parameters(source: Path, output: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "params": {
+            "input": str(source),
+            "id_column": "id",
+            "text_column": "text",
+            "output": str(output),
+            "partition": "2026-11-22",
+            "poll_interval": 0.5,
+            **extra,
+        }
+    }
+
+
+def write(path: Path, texts: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"id": list(range(len(texts))), "text": texts}).write_parquet(path)
+    return path
+
+
+def test_the_deployments_are_applied_with_a_kind_dropdown(stack: Stack) -> None:
+    names = {d["name"] for d in stack.call("POST", "/deployments/filter", json={}).json()}
+    assert {"nightly-embeddings", "nightly-moderation", "nightly-classification", "adhoc"} <= names
+    nightly = stack.deployment("nightly-embeddings")
+    schedule = nightly["schedules"][0]["schedule"]
+    assert schedule["cron"] == "0 4 * * *" and schedule["timezone"] == "Europe/Paris"
+    assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    schema = stack.deployment("adhoc")["parameter_openapi_schema"]
+    kind = schema["definitions"]["Kind"]
+    assert kind["enum"] == [
+        "embeddings",
+        "moderation",
+        "chat-moderation",
+        "classification",
+        "classifier",
+    ]
+    fields = schema["definitions"]["EnrichParams"]["properties"]
+    assert {"input", "kind", "options", "output", "max_cost_usd", "dry_run", "on_cancel"} <= set(
+        fields
+    )
+    reconcile = stack.deployment("reconcile", flow="reconcile")
+    assert reconcile["schedules"][0]["schedule"]["cron"] == "10 * * * *"
+
+
+def test_an_adhoc_run_through_the_api_publishes_the_table(stack: Stack) -> None:
+    source = write(stack.data / "adhoc" / "in.parquet", [f"an ad hoc text {i}" for i in range(40)])
+    output = stack.data / "adhoc" / "out"
+    run_id = stack.run("adhoc", parameters(source, output, kind="moderation"))
+    assert stack.wait_final(run_id, timeout=240) == "COMPLETED"
+    table = pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet")
+    assert table.height == 40 and "flagged" in table.columns
+    assert (output / "partition=2026-11-22" / "_SUCCESS").exists()
+
+
+def test_cancelling_a_run_cancels_its_mistral_jobs(stack: Stack) -> None:
+    texts = [f"a long running text {i}" for i in range(600)]  # 600 requests at 10 a second
+    source = write(stack.data / "cancel" / "in.parquet", texts)
+    run_id = stack.run(
+        "adhoc",
+        parameters(
+            source,
+            stack.data / "cancel" / "out",
+            kind="classification",
+            options={"labels": ["positive", "negative"]},
+            shard_size=300,
+        ),
+    )
+    client = Mistral(api_key=API_KEY, server_url=stack.emulator.url)
+
+    def running_jobs() -> list[Any]:
+        listed = client.batch.jobs.list(metadata={"enrich_flow_run": run_id}, page_size=10)
+        jobs = listed.data or []
+        return jobs if len(jobs) == 2 and any(j.status == "RUNNING" for j in jobs) else []
+
+    wait_until("the run's batch jobs to run", running_jobs, timeout=180)
+    cancelled = stack.call(
+        "POST",
+        f"/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CANCELLING"}, "force": True},
+    )
+    cancelled.raise_for_status()
+
+    def all_cancelled() -> bool:
+        jobs = client.batch.jobs.list(metadata={"enrich_flow_run": run_id}, page_size=10).data
+        return bool(jobs) and all(j.status == "CANCELLED" for j in jobs)
+
+    wait_until("the run's batch jobs to be CANCELLED", all_cancelled, timeout=90)
+    assert stack.wait_final(run_id, timeout=60) == "CANCELLED"
