@@ -51,6 +51,7 @@ class Stack:
     http: httpx.Client
     emulator: EmulatorProcess
     data: Path
+    worker: ChildService
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call; SQLite answers 503 while another writer holds it: try again."""
@@ -175,7 +176,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cwd=root,
             timeout=120,
         )
-        yield Stack(api=api, http=http, emulator=emulator, data=root / "data")
+        yield Stack(api=api, http=http, emulator=emulator, data=root / "data", worker=worker)
     finally:
         worker.stop(timeout=30)
         server.stop(timeout=30)
@@ -271,3 +272,39 @@ def test_cancelling_a_run_cancels_its_mistral_jobs(stack: Stack) -> None:
 
     wait_until("the run's batch jobs to be CANCELLED", all_cancelled, timeout=90)
     assert stack.wait_final(run_id, timeout=60) == "CANCELLED"
+
+
+def test_enrich_serve_runs_the_same_deployments_without_a_worker(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stack.worker.stop(timeout=30)  # from here on, only `enrich serve` can run flows
+    # A single machine serves instead of deploying: start from a server without the worker's
+    # deployments (serve does not clear the pull steps `prefect deploy` stored under a name).
+    for deployment in stack.call("POST", "/deployments/filter", json={}).json():
+        stack.call("DELETE", f"/deployments/{deployment['id']}").raise_for_status()
+    env = prefect_env(stack.api, tmp_path) | {"MISTRAL_SERVER_URL": stack.emulator.url}
+    served = ChildService("enrich serve")
+    try:
+        served.launch(
+            [str(Path(sys.executable).with_name("enrich")), "serve"],
+            lambda line: "being served" in line,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert {d["name"] for d in stack.call("POST", "/deployments/filter", json={}).json()} >= {
+            "nightly-embeddings",
+            "nightly-moderation",
+            "nightly-classification",
+            "adhoc",
+            "reconcile",
+        }
+        source = write(stack.data / "served" / "in.parquet", ["served one", "served two"])
+        output = stack.data / "served" / "out"
+        run_id = stack.run("adhoc", parameters(source, output))
+        state = stack.wait_final(run_id, timeout=180)
+        assert state == "COMPLETED", "".join(served.output[-60:])
+        assert pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet").height == 2
+        assert any(run_id in line for line in served.output)  # run by the serve process
+    finally:
+        served.stop(timeout=30)
