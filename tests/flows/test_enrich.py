@@ -176,27 +176,37 @@ def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> 
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.logging.handlers import APILogHandler
 
     source = write_dataset(tmp_path / "in.parquet", TEXTS)
     state = enrich(params(source, tmp_path / "out"), return_state=True)
     assert state.is_completed()
     secret = API_KEY.encode()
-    for path in (tmp_path / "out").rglob("*"):
+    for path in tmp_path.rglob("*"):  # the table, staging, job records, the cache
         if path.is_file():
             assert secret not in path.read_bytes(), path
     summary = state.result()
     assert API_KEY not in summary.model_dump_json()
 
-    async def logs_and_run() -> tuple[list[str], str]:
+    async def logs_and_run() -> tuple[list[str], str, str]:
         async with get_client() as client:
             run_id = state.state_details.flow_run_id
             flow_run = await client.read_flow_run(run_id)
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-            return [log.message for log in logs], flow_run.model_dump_json()
+            artifacts = await client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            dumped = "".join(a.model_dump_json() for a in artifacts)
+            return [log.message for log in logs], flow_run.model_dump_json(), dumped
 
     APILogHandler().flush()  # logs reach the API in batches: send what is queued first
-    messages, flow_run = asyncio.run(logs_and_run())
+    messages, flow_run, artifacts = asyncio.run(logs_and_run())
     assert messages and not any(API_KEY in m for m in messages)
     assert API_KEY not in flow_run
+    assert "Plan" in artifacts and API_KEY not in artifacts  # the plan and summary artifacts
