@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from emulator.server import EmulatorProcess
+from schemas.params import EnrichParams
 from tests.seaweed import SeaweedS3
 from tests.support import API_KEY
 
@@ -42,6 +43,20 @@ def s3(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedS3) -> Iterator[Seawee
     storage._s3.cache_clear()  # the filesystem is built from the settings of its first use
     yield s3_server
     storage._s3.cache_clear()
+
+
+def flow_params(source: Path | str, output: Path | str, **overrides: object) -> EnrichParams:
+    """The flow's parameters for a test: small shards, quick polls, a fixed partition."""
+    base: dict[str, object] = {
+        "input": str(source),
+        "id_column": "id",
+        "text_column": "text",
+        "output": str(output),
+        "partition": "2026-11-22",
+        "poll_interval": 0.1,
+        "shard_size": 100,
+    }
+    return EnrichParams.model_validate(base | overrides)
 
 
 def write_dataset(path: Path, texts: list[Any], **columns: list[Any]) -> Path:

@@ -11,8 +11,8 @@ from mistralai.client import Mistral
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from tasks.plan import InputError
+from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, write_dataset
-from tests.flows.test_enrich import params
 from tests.support import API_KEY
 
 

@@ -17,28 +17,15 @@ from typer.testing import CliRunner
 from emulator.server import EmulatorProcess
 from flows.cli import app
 from flows.enrich import enrich
-from schemas.params import EnrichParams
 from schemas.refs import RunSummary
 from tasks import storage
 from tasks.cost import BudgetExceededError
+from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, use
 from tests.seaweed import BUCKET, SeaweedS3
 from tests.support import API_KEY, StartEmulator, read_lines
 
 LABELS = ["positive", "negative", "neutral"]
-
-
-def params(source: Path | str, output: Path | str, **overrides: object) -> EnrichParams:
-    base: dict[str, object] = {
-        "input": str(source),
-        "id_column": "id",
-        "text_column": "text",
-        "output": str(output),
-        "partition": "2026-11-22",
-        "poll_interval": 0.1,
-        "shard_size": 100,
-    }
-    return EnrichParams.model_validate(base | overrides)
 
 
 def write(path: Path, ids: list[int], texts: list[str]) -> Path:

@@ -12,8 +12,9 @@ from mistralai.client import Mistral
 from emulator.catalog import DEFAULT_CLASSIFIER
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
-from schemas.params import EnrichParams, Kind, KindOptions
+from schemas.params import Kind, KindOptions
 from tasks import storage
+from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, write_dataset
 from tests.seaweed import BUCKET, SeaweedS3
 from tests.support import API_KEY
@@ -24,19 +25,6 @@ TEXTS = [
     "the meeting is on Tuesday",
     "you idiots, I will kill you",
 ]
-
-
-def params(source: Path | str, output: Path | str, **overrides: object) -> EnrichParams:
-    base: dict[str, object] = {
-        "input": str(source),
-        "id_column": "id",
-        "text_column": "text",
-        "output": str(output),
-        "partition": "2026-11-22",
-        "poll_interval": 0.1,
-        "shard_size": 100,
-    }
-    return EnrichParams.model_validate(base | overrides)
 
 
 def jobs_of_run(emu: EmulatorProcess, run_key: str) -> list[str]:

@@ -17,8 +17,8 @@ from tasks.mistral import MistralGateway
 from tasks.plan import plan
 from tasks.requests import build, shard_texts, write_shard
 from tasks.settings import MistralSettings
+from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, use, write_dataset
-from tests.flows.test_enrich import params
 from tests.support import API_KEY, StartEmulator
 
 

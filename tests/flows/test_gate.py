@@ -21,8 +21,9 @@ from schemas.params import EnrichParams
 from schemas.refs import PlanRef, WriteRef
 from tasks import storage
 from tasks.publish import ValidationFailedError
+from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import use, write_dataset
-from tests.flows.test_enrich import TEXTS, params
+from tests.flows.test_enrich import TEXTS
 from tests.seaweed import BUCKET, SeaweedS3
 from tests.support import StartEmulator
 

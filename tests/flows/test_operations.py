@@ -20,22 +20,10 @@ from prefect.states import Crashed, Running
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from flows.reconcile import ADOPTS_TAG, ReconcileAction, reconcile
-from schemas.params import EnrichParams
 from tasks.publish import ValidationFailedError
+from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import use
 from tests.support import API_KEY, StartEmulator, submit
-
-
-def params(source: Path, output: Path, **overrides: object) -> EnrichParams:
-    base: dict[str, object] = {
-        "input": str(source),
-        "id_column": "id",
-        "text_column": "text",
-        "output": str(output),
-        "partition": "2026-11-22",
-        "poll_interval": 0.1,
-    }
-    return EnrichParams.model_validate(base | overrides)
 
 
 def write(path: Path, texts: list[str | None]) -> Path:
