@@ -23,10 +23,7 @@ Machines here are shared and noisy: read the ratios, not the absolute seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from benchmarks.child import report, run_phase
 from schemas.params import CacheMode, EnrichParams
 
 FILES = 20
@@ -146,17 +144,6 @@ PHASES = {
 }
 
 
-def run_phase(name: str, work: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--phase", name, "--work", str(work)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -169,11 +156,7 @@ def main() -> None:
         import tasks.plan
 
         del tasks
-        start = time.perf_counter()
-        counts = PHASES[args.phase](args.work)
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"seconds": seconds, "peak_mib": peak, "counts": counts}))
+        report(PHASES[args.phase], args.work)
         return
 
     work = Path(tempfile.mkdtemp(prefix="enrich-bench-cache-"))
@@ -186,17 +169,15 @@ def main() -> None:
             f"(set up in {time.perf_counter() - started:.0f} s)\n"
         )
         print(f"{'measure':<20} {'seconds':>8} {'peak MiB':>9}  rows sent / from the cache")
-        results = {}
+        seconds = {}
         for name in ("plan-cache", "plan-off", "naive"):
-            result = run_phase(name, work)
-            results[name] = result
-            counts = result["counts"]
+            seconds[name], peak, counts = run_phase(__file__, name, work)
             print(
-                f"{name:<20} {result['seconds']:8.2f} {result['peak_mib']:9.0f}  "
+                f"{name:<20} {seconds[name]:8.2f} {peak:9.0f}  "
                 f"{counts['to_send']:,} / {counts['hit_rows']:,}"
             )
-        lookup = results["plan-cache"]["seconds"] - results["plan-off"]["seconds"]
-        ratio = results["naive"]["seconds"] / results["plan-cache"]["seconds"]
+        lookup = seconds["plan-cache"] - seconds["plan-off"]
+        ratio = seconds["naive"] / seconds["plan-cache"]
         print(
             f"\nthe cache lookup adds {lookup:.2f} s to the plan step; the whole decision is "
             f"{ratio:.1f}x faster than the naive script (target: <= 10 s, <= 2,048 MiB)"

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.child import report, run_phase
 from schemas.params import EnrichParams
 
 SHARD_SIZE = 20_000
@@ -262,18 +260,6 @@ def answer_shards(work: Path) -> int:
     return total
 
 
-def run_phase(name: str, work: Path) -> tuple[float, float, dict[str, Any]]:
-    """Seconds, peak RSS in MiB, and the phase's counts, measured in a child process."""
-    done = subprocess.run(
-        [sys.executable, __file__, "--phase", name, "--work", str(work)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["seconds"], result["peak_mib"], result["counts"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 400_000])
@@ -291,11 +277,7 @@ def main() -> None:
         TokenCounter().per_input("mistral-embed", ["warm up"])
         _warm_up_parsers(args.work)
         del tasks
-        start = time.perf_counter()
-        counts = PHASES[args.phase](args.work)
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"seconds": seconds, "peak_mib": peak, "counts": counts}))
+        report(PHASES[args.phase], args.work)
         return
 
     print(f"embeddings (mistral-embed, 1024 dims), shard size {SHARD_SIZE:,} rows")
@@ -307,11 +289,11 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"bench-{rows}-"))
         try:
             make_input(work, rows)
-            build = run_phase("build", work)
-            naive_build = run_phase("naive-build", work)
+            build = run_phase(__file__, "build", work)
+            naive_build = run_phase(__file__, "naive-build", work)
             answered = answer_shards(work)
-            parse = run_phase("parse", work)
-            naive_parse = run_phase("naive-parse", work)
+            parse = run_phase(__file__, "parse", work)
+            naive_parse = run_phase(__file__, "naive-parse", work)
             assert parse[2]["rows_written"] == naive_parse[2]["rows_written"] == rows, (
                 parse,
                 naive_parse,

@@ -17,7 +17,7 @@ from prefect.logging import get_logger
 from schemas.params import EnrichParams, OnCancel
 from tasks import events, layout, storage
 from tasks.batch import gateway
-from tasks.mistral import TERMINAL_STATUSES, ApiError
+from tasks.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
 
 
 def run_params(flow_run: Any) -> EnrichParams | None:
@@ -28,14 +28,14 @@ def run_params(flow_run: Any) -> EnrichParams | None:
         return None
 
 
-def recorded_jobs(params: EnrichParams, flow_run_id: str) -> list[str]:
+def recorded_jobs(api: MistralGateway, params: EnrichParams, flow_run_id: str) -> list[str]:
     """Job ids the run recorded, plus any carrying its id in their metadata (a job created just
     before the record could be written)."""
     ids = []
     for uri in storage.list_files(layout.run_jobs(params, flow_run_id), ".json"):
         with storage.open_read(uri) as handle:
             ids.append(str(json.load(handle)["job_id"]))
-    for job in gateway().find_jobs({"enrich_flow_run": flow_run_id}):
+    for job in api.find_jobs({"enrich_flow_run": flow_run_id}):
         if job.id not in ids:
             ids.append(job.id)
     return ids
@@ -52,7 +52,7 @@ def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
         logger.info("Flow run %s ended %s: its batch jobs are left running", run_id, state.name)
         return
     api = gateway()
-    for job_id in recorded_jobs(params, run_id):
+    for job_id in recorded_jobs(api, params, run_id):
         try:
             status = api.job(job_id).status
             if status not in TERMINAL_STATUSES:

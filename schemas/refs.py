@@ -175,7 +175,7 @@ class RunSummary(_Ref):
     cache_hit_rows: int = 0
     cache_hit_texts: int = 0
     sent_texts: int = 0  # texts sent in a first attempt (retries not counted)
-    estimated: Estimate | None = None
+    estimated: Estimate
     actual_cost_usd: float | None = None
     cost_avoided_usd: float | None = None  # what the cache hits would have cost
     cache_added: int = 0  # results added to the cache by this run

@@ -193,22 +193,21 @@ def read_hits(uri: str, hits: pl.DataFrame) -> Iterator[pl.DataFrame]:
 def fetch(uri: str, file_index: int, hits: pl.DataFrame, shards: int, target: str) -> int:
     """Copy the hits' cached results out of one cache file into ``target``, bucketed by shard
     like the run's rows (``_bucket=<n>/f<file>-<i>.parquet``). Returns the rows copied."""
-    copied = 0
+    copied = flushes = 0
     batches: list[pa.RecordBatch] = []
     for found in read_hits(uri, hits):
         copied += found.height
         bucketed = found.with_columns((pl.col(KEY) % shards).cast(pl.Int32).alias(BUCKET))
         batches.extend(bucketed.to_arrow().to_batches())
-        if sum(b.nbytes for b in batches) > 64 * 1024 * 1024:
-            _write_buckets(batches, target, file_index)
-            batches = []
-            file_index += 1_000_000  # a distinct basename for the next flush
+        if sum(b.nbytes for b in batches) > 64 * 1024 * 1024:  # memory stays bounded
+            _write_buckets(batches, target, f"f{file_index:05d}-{flushes:04d}")
+            batches, flushes = [], flushes + 1
     if batches:
-        _write_buckets(batches, target, file_index)
+        _write_buckets(batches, target, f"f{file_index:05d}-{flushes:04d}")
     return copied
 
 
-def _write_buckets(batches: list[pa.RecordBatch], target: str, file_index: int) -> None:
+def _write_buckets(batches: list[pa.RecordBatch], target: str, basename: str) -> None:
     fs, path = storage.arrow_filesystem(target)
     ds.write_dataset(
         pa.Table.from_batches(batches),
@@ -217,7 +216,7 @@ def _write_buckets(batches: list[pa.RecordBatch], target: str, file_index: int) 
         format="parquet",
         partitioning=ds.partitioning(pa.schema([(BUCKET, pa.int32())]), flavor="hive"),
         existing_data_behavior="overwrite_or_ignore",
-        basename_template=f"f{file_index:07d}-{{i}}.parquet",
+        basename_template=f"{basename}-{{i}}.parquet",
     )
 
 
@@ -230,7 +229,6 @@ def write_options(location: str, params: EnrichParams) -> None:
 def stage_additions(parts: list[str], location: str, run_key: str) -> str | None:
     """Write a run's new results (per-shard files) as one pending cache file; streamed, a shard
     at a time. Returns its URI, or None when there is nothing to add."""
-    parts = [p for p in parts if p]
     if not parts:
         return None
     schemas = [_read_schema(p) for p in parts]

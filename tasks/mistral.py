@@ -118,21 +118,25 @@ class MistralGateway:
             raise _explain(exc, f"Uploading {name}") from exc
         return uploaded.id
 
-    def find_jobs(self, metadata: Mapping[str, str]) -> list[models.BatchJob]:
-        """Jobs carrying all of ``metadata``, newest first (every page)."""
+    def _list_jobs(self, action: str, **query: Any) -> list[models.BatchJob]:
+        """Every page of a job listing."""
         found: list[models.BatchJob] = []
         page = 0
         try:
             while True:
-                listed = self._client.batch.jobs.list(
-                    metadata=dict(metadata), page=page, page_size=100
-                )
+                listed = self._client.batch.jobs.list(**query, page=page, page_size=100)
                 found.extend(listed.data or [])
                 if not listed.data or len(found) >= listed.total:
                     return found
                 page += 1
         except Exception as exc:
-            raise _explain(exc, f"Listing jobs with metadata {dict(metadata)}") from exc
+            raise _explain(exc, action) from exc
+
+    def find_jobs(self, metadata: Mapping[str, str]) -> list[models.BatchJob]:
+        """Jobs carrying all of ``metadata``, newest first (every page)."""
+        return self._list_jobs(
+            f"Listing jobs with metadata {dict(metadata)}", metadata=dict(metadata)
+        )
 
     def create_job(
         self,
@@ -156,19 +160,7 @@ class MistralGateway:
 
     def active_jobs(self) -> list[models.BatchJob]:
         """Jobs this project created (they carry ``enrich_key``) that are not over yet."""
-        found: list[models.BatchJob] = []
-        page = 0
-        try:
-            while True:
-                listed = self._client.batch.jobs.list(
-                    status=["QUEUED", "RUNNING"], page=page, page_size=100
-                )
-                found.extend(listed.data or [])
-                if not listed.data or page * 100 + len(listed.data) >= listed.total:
-                    break
-                page += 1
-        except Exception as exc:
-            raise _explain(exc, "Listing running batch jobs") from exc
+        found = self._list_jobs("Listing running batch jobs", status=["QUEUED", "RUNNING"])
         return [j for j in found if (j.metadata or {}).get("enrich_key")]
 
     def cancel(self, job_id: str) -> str:

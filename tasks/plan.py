@@ -220,8 +220,11 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
     rows_uri = storage.join(staging, "rows")
     storage.remove(rows_uri)
     rejected = bucket_rows(dataset, params, shards, rows_uri)
-    sendable = rejected_total(rejected) < rows
-    found = lookup_cache(params, rows_uri, staging, shards) if sendable else {}
+    location = None if params.cache_mode is CacheMode.off else cache.folder(params)
+    found: dict[str, Any] = {}
+    sendable = sum(rejected.values()) < rows
+    if location is not None and params.cache_mode is CacheMode.use and sendable:
+        found = lookup_cache(location, rows_uri, staging, shards)
     return PlanRef(
         run_key=key,
         staging=staging,
@@ -232,22 +235,15 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
         shards=shards,
         input_columns=list(dataset.schema.names),
         partition=partition,
-        cache_folder=None if params.cache_mode is CacheMode.off else cache.folder(params),
+        cache_folder=location,
         **found,
     )
 
 
-def rejected_total(rejected: dict[str, int]) -> int:
-    return sum(rejected.values())
-
-
-def lookup_cache(params: EnrichParams, rows_uri: str, staging: str, shards: int) -> dict[str, Any]:
-    """Find the rows' texts in the content cache (cache_mode 'use'); the hits are written to
-    staging and are not sent. Pending additions of a run that crashed after publishing are
-    promoted first, so its results count."""
-    if params.cache_mode is not CacheMode.use:
-        return {}
-    location = cache.folder(params)
+def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dict[str, Any]:
+    """Find the rows' texts in the cache folder ``location``; the hits are written to staging
+    and are not sent. Pending additions of a run that crashed after publishing are promoted
+    first, so its results count."""
     cache.promote_pending(location)
     keys = (
         storage.read_tree(rows_uri, [TEXT_KEY, TEXT_KEY_2, REJECT])

@@ -77,9 +77,7 @@ def _usd(value: float | None) -> str:
 
 
 def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateRef) -> str:
-    estimated = summary.estimated or Estimate(
-        model="", texts=0, requests=0, prompt_tokens=0, completion_tokens=0, cost_usd=0, price=""
-    )
+    estimated = summary.estimated
     lines = [
         f"# Enrichment run `{summary.run_key}`",
         "",
