@@ -76,7 +76,7 @@ def phase_build(work: Path) -> dict[str, object]:
     shards = []
     for shard in range(planned.shards):
         texts = shard_texts(planned, params, shard)
-        ref = write_shard(build(texts, params, shard, 0), planned, shard, 0, texts.height)
+        ref = write_shard(build(texts, params, shard, 0), planned, shard, 0)
         shards.append(ref.model_dump())
     (work / "plan.json").write_text(planned.model_dump_json())
     (work / "shards.json").write_text(json.dumps(shards))

@@ -3,11 +3,13 @@
 Responses follow the contract the official SDK validates (required fields always present, JSON as
 ``application/json``, file content as ``application/octet-stream``). Application errors use the
 ``{"object": "error", ...}`` shape, bad bodies FastAPI's 422 ``{"detail": [...]}``, a missing or
-wrong key ``401 {"detail": "Unauthorized"}``.
+wrong key ``401 {"detail": "Unauthorized"}``. Outside ``/v1`` and without a key, ``/emulator/*``
+serves what no API shows: health, and every job and file as the emulator holds them (for tests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -24,13 +26,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulator.catalog import Catalog
 from emulator.endpoints import ENDPOINTS, Engine
-from emulator.faults import FaultInjector, FaultPlan
+from emulator.faults import FaultInjector, FaultPlan, ForeignJobs
 from emulator.runner import JobRunner, Timing
-from emulator.store import ACTIVE_STATUSES, FileRecord, JobRecord, Store
+from emulator.store import ACTIVE_STATUSES, FileRecord, JobRecord, Store, sha256_of
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_INLINE_REQUESTS = 10_000
@@ -99,7 +101,7 @@ def validation_error(loc: list[Any], msg: str, type_: str, input_: Any = None) -
 
 
 class GuardMiddleware:
-    """Checks the Bearer key and injects HTTP faults, before any route runs.
+    """Checks the Bearer key and injects HTTP faults around the routes.
 
     A plain ASGI middleware (not ``BaseHTTPMiddleware``), so streamed downloads pass untouched.
     """
@@ -126,29 +128,53 @@ class GuardMiddleware:
             fault = self.injector.http_fault(scope["method"], scope["path"])
             if fault is not None:
                 self.store.save_fault_state()
-        if fault is not None:
-            headers_out = {}
-            if fault.status == 429:
-                body = {
-                    "object": "error",
-                    "message": "Rate limit exceeded",
-                    "type": "rate_limited",
-                    "param": None,
-                    "code": "1300",
-                }
-                if fault.retry_after is not None:
-                    headers_out["Retry-After"] = f"{fault.retry_after:g}"
-            else:
-                body = {
-                    "object": "error",
-                    "message": "Service unavailable",
-                    "type": "internal_error",
-                    "param": None,
-                    "code": None,
-                }
-            await json_response(body, fault.status, headers_out)(scope, receive, send)
+        if fault is None:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if fault.status is None:  # a delay only: the real response, held back
+            await self.app(scope, receive, _held(send, fault.delay_seconds or 0.0))
+            return
+        if fault.after_handling:  # the server acts; the client never hears of it
+            await self.app(scope, receive, _discard)
+        if fault.delay_seconds:
+            await asyncio.sleep(fault.delay_seconds)
+        await _fault_response(fault.status, fault.retry_after)(scope, receive, send)
+
+
+def _fault_response(status: int, retry_after: float | None) -> Response:
+    if status == 429:
+        body = {
+            "object": "error",
+            "message": "Rate limit exceeded",
+            "type": "rate_limited",
+            "param": None,
+            "code": "1300",
+        }
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        return json_response(body, status, headers)
+    body = {
+        "object": "error",
+        "message": "Service unavailable",
+        "type": "internal_error",
+        "param": None,
+        "code": None,
+    }
+    return json_response(body, status)
+
+
+def _held(send: Send, seconds: float) -> Send:
+    """``send``, with the start of the response held back ``seconds`` (the body then streams)."""
+
+    async def held(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(seconds)
+        await send(message)
+
+    return held
+
+
+async def _discard(message: Message) -> None:
+    """A ``send`` that drops the route's real response (an ``after_handling`` fault replaces it)."""
 
 
 class BatchRequest(BaseModel):
@@ -181,6 +207,8 @@ class CreateBatchJob(BaseModel):
 def create_app(config: EmulatorConfig) -> FastAPI:
     store = Store(config.data_dir)
     injector = FaultInjector(config.faults, store.fault_state)
+    _seed_foreign_jobs(store, config.faults.workspace.foreign_jobs)
+    listing = config.faults.listing
     engine = Engine(config.catalog)
     runner = JobRunner(store, config.catalog, injector, config.timing)
 
@@ -209,6 +237,64 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             jobs = len(store.jobs)
             files = len(store.files)
         return {"status": "ok", "jobs": jobs, "files": files}
+
+    @app.get("/emulator/jobs")
+    async def inspect_jobs() -> dict[str, Any]:
+        """Every job, oldest first, with the digest of its request content (private in the API):
+        what tests count paid jobs by."""
+        with store.lock:
+            jobs = sorted(store.jobs.values(), key=lambda j: j.created_at_precise)
+        return {
+            "jobs": [
+                {
+                    "id": j.id,
+                    "status": j.status,
+                    "metadata": j.metadata,
+                    "endpoint": j.endpoint,
+                    "model": j.model,
+                    "created_at": j.created_at,
+                    "requests": j.requests,
+                    "content_sha256": j.content_sha256,
+                }
+                for j in jobs
+            ]
+        }
+
+    @app.get("/emulator/files")
+    async def inspect_files() -> dict[str, Any]:
+        """Every file, oldest first, with the jobs that take it as input: uploads no job uses."""
+        with store.lock:
+            files = sorted(store.files.values(), key=lambda f: (f.created_at, f.id))
+            users: dict[str, list[str]] = {}
+            for job in sorted(store.jobs.values(), key=lambda j: j.created_at_precise):
+                for file_id in job.input_files:
+                    users.setdefault(file_id, []).append(job.id)
+        return {
+            "files": [
+                {
+                    "id": f.id,
+                    "purpose": f.purpose,
+                    "filename": f.filename,
+                    "bytes": f.bytes,
+                    "used_by": users.get(f.id, []),
+                }
+                for f in files
+            ]
+        }
+
+    def expired(file_id: str) -> bool:
+        """Whether a job's output or error file has outlived ``files.expire_after_seconds``."""
+        ttl = config.faults.files.expire_after_seconds
+        if ttl is None:
+            return False
+        deadline = time.time() - ttl
+        with store.lock:
+            return any(
+                file_id in (job.output_file, job.error_file)
+                and job.ended_at_precise is not None
+                and job.ended_at_precise <= deadline
+                for job in store.jobs.values()
+            )
 
     # files ---------------------------------------------------------------------------------
     @app.post("/v1/files")
@@ -252,6 +338,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             )
         with store.lock:
             records = sorted(store.files.values(), key=lambda f: f.created_at, reverse=True)
+        records = [r for r in records if not expired(r.id)]
         for key in ("sample_type", "source", "purpose", "mimetypes"):
             wanted = query.getlist(key)
             attr = "mimetype" if key == "mimetypes" else key
@@ -267,13 +354,13 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> Response:
         record = store.files.get(file_id)
-        if record is None:
+        if record is None or expired(file_id):
             return not_found("File", file_id)
         return json_response(record.public(with_deleted=True))
 
     @app.get("/v1/files/{file_id}/url")
     async def get_file_url(file_id: str, request: Request) -> Response:
-        if file_id not in store.files:
+        if file_id not in store.files or expired(file_id):
             return not_found("File", file_id)
         expiry = _int_param(request.query_params, "expiry", 24)
         if expiry is None or not 1 <= expiry <= 168:
@@ -286,7 +373,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def download_file(file_id: str) -> Response:
         record = store.files.get(file_id)
         parts = store.file_parts(file_id)
-        if record is None:
+        if record is None or expired(file_id):
             return not_found("File", file_id)
         with store.lock:
             cut = injector.download_cut()
@@ -343,9 +430,20 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                 f"{requested:,} in this job exceed the limit of "
                 f"{config.pending_requests_limit:,}. Wait for running jobs to finish.",
             )
+        job_id = str(uuid.uuid4())
+        if spec.requests:
+            lines = b"".join(
+                orjson.dumps(r.model_dump(), option=orjson.OPT_APPEND_NEWLINE)
+                for r in spec.requests
+            )
+            await run_in_threadpool(store.inline_input(job_id).write_bytes, lines)
+            inputs = [store.inline_input(job_id)]
+        else:
+            inputs = [part for f in spec.input_files or [] for part in store.file_parts(f)]
+        digest = await run_in_threadpool(sha256_of, inputs)
         now = time.time()
         job = JobRecord(
-            id=str(uuid.uuid4()),
+            id=job_id,
             input_files=list(spec.input_files or []),
             metadata=spec.metadata,
             endpoint=spec.endpoint,
@@ -356,13 +454,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             timeout_hours=spec.timeout_hours,
             inline=bool(spec.requests),
             requests=requested,
+            content_sha256=digest,
         )
-        if spec.requests:
-            lines = b"".join(
-                orjson.dumps(r.model_dump(), option=orjson.OPT_APPEND_NEWLINE)
-                for r in spec.requests
-            )
-            await run_in_threadpool(store.inline_input(job.id).write_bytes, lines)
         store.save_job(job)
         runner.poke()
         return json_response(job.public())
@@ -399,21 +492,26 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                 )
             created_after = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
         statuses = set(query.getlist("status"))
+        listed_before = time.time() - listing.lag_seconds
         with store.lock:
-            jobs = list(store.jobs.values())
+            jobs = [j for j in store.jobs.values() if j.created_at_precise <= listed_before]
         selected = [
             j
             for j in jobs
-            if (not statuses or j.status in statuses)
-            and (query.get("model") is None or j.model == query.get("model"))
-            and (query.get("agent_id") is None or j.agent_id == query.get("agent_id"))
-            and (created_after is None or j.created_at_precise > created_after)
-            and all((j.metadata or {}).get(k) == v for k, v in metadata.items())
+            if listing.ignore_filters
+            or (
+                (not statuses or j.status in statuses)
+                and (query.get("model") is None or j.model == query.get("model"))
+                and (query.get("agent_id") is None or j.agent_id == query.get("agent_id"))
+                and (created_after is None or j.created_at_precise > created_after)
+                and all((j.metadata or {}).get(k) == v for k, v in metadata.items())
+            )
         ]
         selected.sort(
             key=lambda j: j.created_at_precise,
             reverse=query.get("order_by", "-created") != "created",
         )
+        page_size = min(page_size, listing.page_size_cap or page_size)
         window = selected[page * page_size : (page + 1) * page_size]
         return json_response(
             {"data": [j.public() for j in window], "object": "list", "total": len(selected)}
@@ -483,6 +581,49 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         app.add_api_route(endpoint, inference_route(endpoint), methods=["POST"], name=endpoint)
 
     return app
+
+
+def _seed_foreign_jobs(store: Store, specs: tuple[ForeignJobs, ...]) -> None:
+    """Create another team's jobs once: at the first start whose plan names them, not again."""
+    with store.lock:
+        if not specs or store.fault_state.get("workspace:foreign_jobs"):
+            return
+        now = time.time()
+        jobs = [spec for spec in specs for _ in range(spec.count)]
+        for index, spec in enumerate(jobs):
+            # Slightly apart and older than anything created later, so every listing order is fixed.
+            store.save_job(_foreign_job(spec, now - (len(jobs) - index) * 1e-3))
+        store.fault_state["workspace:foreign_jobs"] = 1
+        store.save_fault_state()
+
+
+def _foreign_job(spec: ForeignJobs, created: float) -> JobRecord:
+    queued = spec.status == "QUEUED"
+    ended = None if spec.status in ACTIVE_STATUSES else created
+    succeeded = spec.requests if spec.status == "SUCCESS" else 0
+    message = {
+        "FAILED": "Batch job failed: internal error while processing requests",
+        "TIMEOUT_EXCEEDED": "The batch job exceeded its timeout",
+    }.get(spec.status)
+    return JobRecord(
+        id=str(uuid.uuid4()),
+        input_files=[],
+        metadata=spec.metadata,
+        endpoint=spec.endpoint,
+        model=spec.model,
+        status=spec.status,
+        created_at=int(created),
+        created_at_precise=created,
+        total_requests=0 if queued else spec.requests,
+        completed_requests=succeeded,
+        succeeded_requests=succeeded,
+        started_at=None if queued else int(created),
+        completed_at=None if ended is None else int(ended),
+        ended_at_precise=ended,
+        errors=[] if message is None else [{"message": message, "count": 1}],
+        requests=spec.requests,
+        foreign=True,
+    )
 
 
 def _int_param(query: Any, name: str, default: int) -> int | None:

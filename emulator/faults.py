@@ -3,7 +3,8 @@
 A fault plan is a YAML or JSON file (``--faults FILE``). Every decision is a pure function of the
 plan's seed and a counter (the n-th call of a route, the n-th job created, the n-th time a request
 line with a given ``custom_id`` is processed), so the same sequence of calls meets the same faults
-on every run, across emulator restarts included. Example::
+on every run, across emulator restarts included. The ``listing``, ``workspace`` and ``files`` blocks
+are not drawn: they hold for every call. Example::
 
     seed: 7
     http:                                  # transient errors on direct API calls
@@ -12,6 +13,14 @@ on every run, across emulator restarts included. Example::
         rate: 0.5                          # fraction of matching calls
         retry_after: 0.2                   # seconds, sent as Retry-After (429 only)
         limit: 3                           # at most this many faults from this rule
+      - route: "POST /v1/batch/jobs"       # the job IS created, then the client gets a 504
+        status: 504
+        after_handling: true               # run the route for real, answer the fault instead
+        delay_seconds: 2.0                 # hold the response (fault or real) this long first
+        limit: 1
+      - route: "GET /v1/files/*/content"   # status null: no error, only the delay
+        status: null
+        delay_seconds: 1.0
     download_cut:                          # the body stops short of its Content-Length
       rate: 1.0
       after_fraction: 0.5
@@ -30,6 +39,20 @@ on every run, across emulator restarts included. Example::
       times: 1                             # fail the first N sightings of a custom_id (-1: always)
       limit: 100                           # at most this many failed lines in all
       style: body                          # body: error object in response.body; string: "error"
+    listing:                               # GET /v1/batch/jobs, as a less helpful service would
+      ignore_filters: true                 # metadata, status, model, created_after... ignored
+      page_size_cap: 10                    # no page holds more than 10 jobs (total counts them all)
+      lag_seconds: 2.0                     # a job is listed only 2 s after its creation
+    workspace:
+      foreign_jobs:                        # another team's jobs, created once at the first start
+        - count: 2
+          status: RUNNING                  # active ones never progress; a cancel ends them
+          endpoint: /v1/embeddings
+          model: mistral-embed
+          metadata: {enrich_key: "0123abcd", team: other}
+          requests: 100                    # active ones count against the pending quota
+    files:
+      expire_after_seconds: 5              # output/error files 404 five seconds after the job ends
 """
 
 from __future__ import annotations
@@ -42,7 +65,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Rule(BaseModel):
@@ -53,9 +76,23 @@ class _Rule(BaseModel):
 
 
 class HttpFault(_Rule):
+    """An error answered instead of a route's response; ``status: null`` only delays it.
+
+    With ``after_handling`` the route runs for real first (a create creates the job), so the
+    client sees a failure for a call the server acted on.
+    """
+
     route: str = "*"
-    status: int = Field(default=429, ge=400, le=599)
+    status: int | None = Field(default=429, ge=400, le=599)
     retry_after: float | None = Field(default=None, ge=0)
+    after_handling: bool = False
+    delay_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def does_something(self) -> HttpFault:
+        if self.status is None and self.delay_seconds is None:
+            raise ValueError(f"http rule for {self.route!r}: status null needs delay_seconds")
+        return self
 
 
 class DownloadCut(_Rule):
@@ -91,6 +128,45 @@ class CorruptAnswers(_Rule):
     mode: Literal["wrong_dimension", "out_of_range", "unknown_label", "drop"]
 
 
+class ListingFaults(BaseModel):
+    """How ``GET /v1/batch/jobs`` departs from the helpful reading of the contract."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ignore_filters: bool = False  # every filter ignored; order_by and paging still apply
+    page_size_cap: int | None = Field(default=None, ge=1)
+    lag_seconds: float = Field(default=0.0, ge=0)  # a job is listed this long after creation
+
+
+ForeignStatus = Literal["QUEUED", "RUNNING", "SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"]
+
+
+class ForeignJobs(BaseModel):
+    """``count`` jobs of another team, alike; active ones never progress until cancelled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(default=1, ge=1)
+    status: ForeignStatus = "RUNNING"
+    endpoint: str = "/v1/embeddings"
+    model: str | None = "mistral-embed"
+    metadata: dict[str, str] | None = None
+    requests: int = Field(default=100, ge=0)
+
+
+class WorkspaceFaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    foreign_jobs: tuple[ForeignJobs, ...] = ()
+
+
+class FileFaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Mistral's docs: results are downloadable for 24 h after the job ends.
+    expire_after_seconds: float | None = Field(default=None, ge=0)
+
+
 class FaultPlan(BaseModel):
     """The validated content of a faults file; the empty plan injects nothing."""
 
@@ -102,6 +178,9 @@ class FaultPlan(BaseModel):
     jobs: JobFaults = JobFaults()
     lines: LineFaults | None = None
     corrupt: CorruptAnswers | None = None
+    listing: ListingFaults = ListingFaults()
+    workspace: WorkspaceFaults = WorkspaceFaults()
+    files: FileFaults = FileFaults()
 
     @classmethod
     def load(cls, path: Path) -> FaultPlan:

@@ -5,7 +5,8 @@ by chunk, at ``requests_per_second`` when set) → ``SUCCESS`` / ``FAILED`` / ``
 ``CANCELLATION_REQUESTED`` → ``CANCELLED``. Output and error files appear only at the terminal
 state;
 lines processed before a failure, timeout or cancel are kept in them. Progress is persisted after
-every chunk, so a restarted emulator resumes where it stopped.
+every chunk, so a restarted emulator resumes where it stopped. Another team's jobs (the fault plan's
+``workspace.foreign_jobs``) stay as they are until cancelled through the API.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class JobRunner:
         while not self._stopping.is_set():
             with self.store.lock:
                 active = sorted(
-                    (j for j in self.store.jobs.values() if j.status in ACTIVE_STATUSES),
+                    (j for j in self.store.jobs.values() if _runs(j)),
                     key=lambda j: j.created_at_precise,
                 )
             busy = False
@@ -383,8 +384,16 @@ class JobRunner:
                     job.error_file = file_id
             job.progress.out_segments, job.progress.err_segments = [], []
             job.status = status  # type: ignore[assignment]
-            job.completed_at = int(time.time())
+            job.ended_at_precise = time.time()
+            job.completed_at = int(job.ended_at_precise)
             if message:
                 job.errors.append({"message": message, "count": 1})
             self.store.save_job(job)
         logger.info("job %s: %s", job.id, status)
+
+
+def _runs(job: JobRecord) -> bool:
+    """Whether the runner moves the job on: another team's job only when it is being cancelled."""
+    if job.foreign:
+        return job.status == "CANCELLATION_REQUESTED"
+    return job.status in ACTIVE_STATUSES

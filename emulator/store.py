@@ -8,13 +8,15 @@ Layout::
     jobs/<id>.json       job record + progress
     jobs/<id>.<n>.out-segment, .err-segment   answered slices of a running job
     jobs/<id>.inline     inline requests of a job created with ``requests=``
-    faults.json          fault-injection counters (so faults stay deterministic across restarts)
+    faults.json          fault-injection counters (so faults stay deterministic across restarts),
+                         and the mark that the plan's foreign jobs were created
 
 Every JSON record is replaced atomically (write to a temporary file, then rename).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 import time
@@ -96,8 +98,22 @@ class JobRecord(BaseModel):
     inline: bool = False
     requests: int = 0  # lines in the input at creation: what counts against the pending quota
     progress: Progress = Field(default_factory=Progress)
+    content_sha256: str | None = None  # of the request bytes at creation; None: a foreign job
+    ended_at_precise: float | None = None  # when it reached a terminal status
+    foreign: bool = False  # another team's job (fault plan): the runner only ever cancels it
 
-    _PRIVATE = frozenset({"timeout_hours", "created_at_precise", "inline", "requests", "progress"})
+    _PRIVATE = frozenset(
+        {
+            "timeout_hours",
+            "created_at_precise",
+            "inline",
+            "requests",
+            "progress",
+            "content_sha256",
+            "ended_at_precise",
+            "foreign",
+        }
+    )
 
     def pending_requests(self) -> int:
         """Requests not yet answered, while the job is active (0 once it is over)."""
@@ -217,6 +233,16 @@ class Store:
     def save_fault_state(self) -> None:
         with self.lock:
             _write_atomic(self.root / "faults.json", orjson.dumps(self.fault_state))
+
+
+def sha256_of(paths: list[Path]) -> str:
+    """The sha256 hex digest of the files' concatenated bytes, read in blocks."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def count_lines(path: Path) -> int:

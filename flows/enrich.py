@@ -14,11 +14,19 @@ from flows.hooks import cancel_jobs, report_failure
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef, WriteRef
 from tasks import cost
-from tasks.batch import check_credentials, collect_job, submit_shard, wait_for_jobs
+from tasks.batch import (
+    check_credentials,
+    collect_job,
+    collect_unsent_shard,
+    submit_shard,
+    wait_for_jobs,
+)
 from tasks.cache import fetch_cached, promote_cache, stage_cache
 from tasks.cost import estimate_run
-from tasks.plan import plan_input
-from tasks.publish import publish_partition, quarantine_run
+from tasks.failpoints import failpoint
+from tasks.lease import Lease, holding_partition
+from tasks.plan import check_input_locations, plan_input
+from tasks.publish import publish_partition, quarantine_run, repair_partition
 from tasks.quota import holding, reserve_quota, waves
 from tasks.requests import build_requests, build_retry_requests
 from tasks.summary import publish_summary, summarize
@@ -72,14 +80,22 @@ def enrich(params: EnrichParams) -> RunSummary:
     """Enrich a Parquet dataset through Mistral batch jobs; see the README for the contract."""
     started = time.monotonic()
     enriched_at = datetime.now(UTC)
+    partition = params.partition_value(enriched_at)
+    check_input_locations(params)
     if not params.dry_run:
         check_credentials()
-    plan = plan_input(params, params.partition_value(enriched_at))
-    shards = [
-        s
-        for s in build_requests.map(unmapped(plan), unmapped(params), range(plan.shards)).result()
-        if s is not None
-    ]
+    with holding_partition(params, partition) as lease:  # one writer per table partition
+        repair_partition(params, partition)
+        return _enrich(params, partition, enriched_at, started, lease)
+
+
+def _enrich(
+    params: EnrichParams, partition: str, enriched_at: datetime, started: float, lease: Lease
+) -> RunSummary:
+    plan = plan_input(params, partition)
+    built = build_requests.map(unmapped(plan), unmapped(params), range(plan.shards)).result()
+    shards = [s for s in built if s is not None and s.requests]
+    unsent = [collect_unsent_shard(s, plan) for s in built if s is not None and not s.requests]
     estimate = estimate_run(plan, shards, params)  # raises when over budget
     if params.dry_run:
         return summarize(
@@ -89,7 +105,7 @@ def enrich(params: EnrichParams) -> RunSummary:
     fetch_cached.map(unmapped(plan), range(len(plan.cache_files))).result()
     quota = reserve_quota() if shards else ("", 0)
     jobs, collected = _run_jobs(shards, plan, params, quota) if shards else ([], [])
-    all_jobs, all_collected, all_shards = list(jobs), list(collected), list(shards)
+    all_jobs, all_collected, all_shards = list(jobs), list(collected) + unsent, list(shards)
     spent: float | None = estimate.cost_usd
 
     for attempt in range(1, params.max_retries + 1):
@@ -105,7 +121,7 @@ def enrich(params: EnrichParams) -> RunSummary:
                 unmapped(attempt),
                 [c.failures_uri for c in retry],
             ).result()
-            if s is not None
+            if s is not None and s.requests
         ]
         if not retry_shards:
             break
@@ -133,7 +149,9 @@ def enrich(params: EnrichParams) -> RunSummary:
     if not verdict.success:
         quarantine_run(plan, params, verdict)  # raises: the run fails, nothing is published
     pending = stage_cache(plan, params, written)
+    lease.check()  # never publish over a run that took the partition over
     publish_partition(plan, params, written, verdict, summary.jobs)
+    failpoint("promote")
     if pending:
         promote_cache(pending)
     return summary

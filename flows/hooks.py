@@ -15,7 +15,7 @@ from typing import Any
 from prefect.logging import get_logger
 
 from schemas.params import EnrichParams, OnCancel
-from tasks import events, layout, storage
+from tasks import events, layout, lease, storage
 from tasks.batch import gateway
 from tasks.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
 
@@ -29,8 +29,9 @@ def run_params(flow_run: Any) -> EnrichParams | None:
 
 
 def recorded_jobs(api: MistralGateway, params: EnrichParams, flow_run_id: str) -> list[str]:
-    """Job ids the run recorded, plus any carrying its id in their metadata (a job created just
-    before the record could be written)."""
+    """Job ids the run recorded, plus this project's jobs carrying its id in their metadata (a
+    job created just before the record could be written); the listing is checked job by job, so
+    another user's job is never touched."""
     ids = []
     for uri in storage.list_files(layout.run_jobs(params, flow_run_id), ".json"):
         with storage.open_read(uri) as handle:
@@ -41,6 +42,13 @@ def recorded_jobs(api: MistralGateway, params: EnrichParams, flow_run_id: str) -
     return ids
 
 
+def release_leases(params: EnrichParams, run_id: str) -> None:
+    """Free the partitions the run held, so the next run need not wait for the lease to
+    expire (a run on this host that died is noticed anyway; one on another host is not)."""
+    for uri in lease.release_for_run(layout.leases(params), run_id):
+        get_logger("enrich.hooks").info("Released lease %s of flow run %s", uri, run_id)
+
+
 def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
     """on_cancellation: cancel (or detach from) the run's unfinished jobs."""
     logger = get_logger("enrich.hooks")
@@ -48,6 +56,7 @@ def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
     if params is None:
         return
     run_id = str(flow_run.id)
+    release_leases(params, run_id)
     if params.on_cancel is OnCancel.detach:
         logger.info("Flow run %s ended %s: its batch jobs are left running", run_id, state.name)
         return
@@ -67,6 +76,7 @@ def report_failure(flow: Any, flow_run: Any, state: Any) -> None:
     params = run_params(flow_run)
     if params is None:
         return
+    release_leases(params, str(flow_run.id))
     events.failed(
         params,
         params.partition,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Kind(StrEnum):
@@ -49,6 +49,8 @@ class OnCancel(StrEnum):
     cancel = "cancel"  # stop the spending: cancel the jobs
     detach = "detach"  # leave them running; a later run with the same input reattaches
 
+
+MAX_PARTITION_LENGTH = 128
 
 DEFAULT_INSTRUCTIONS = (
     "Classify the user's text. Answer with the single label from the allowed set that fits best."
@@ -148,11 +150,35 @@ class EnrichParams(BaseModel):
         description="When the flow run is cancelled: cancel its Mistral jobs, or detach "
         "(leave them running for a later run to reattach).",
     )
+    lease_wait_seconds: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=0.0,
+        description="When another run is writing the same output partition: seconds to wait "
+        "for it to end before refusing (0: refuse at once, naming that run).",
+    )
     work: str | None = Field(
         default=None,
         description="Where staging, rejected rows, quarantine and manifests go; default: "
         "`_enrich/<output name>` beside the output, so the table folder holds only the table.",
     )
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_is_a_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value or len(value) > MAX_PARTITION_LENGTH:
+            raise ValueError(
+                f"partition must be 1 to {MAX_PARTITION_LENGTH} characters (got {len(value)})"
+            )
+        bad = [c for c in ("/", "\\", "=") if c in value]
+        if bad or value in (".", "..") or ".." in value:
+            raise ValueError(
+                f"partition {value!r} may not contain '/', '\\', '=' or '..': it names a folder "
+                "inside the table, e.g. 2026-11-22 or eu_west"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"partition {value!r} contains a control character")
+        return value
 
     @model_validator(mode="after")
     def _kind_options(self) -> EnrichParams:

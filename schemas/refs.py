@@ -69,6 +69,7 @@ class JobRef(_Ref):
     job_id: str
     requests: int
     reattached: bool
+    expired_jobs: list[str] = Field(default_factory=list)  # same key, results gone: paid again
 
 
 class JobOutcome(_Ref):
@@ -99,6 +100,9 @@ class CollectRef(_Ref):
     duplicate_lines: int
     prompt_tokens: int
     completion_tokens: int
+    results_rows: int = 0  # rows of results_uri: a rerun checks the staged files against them
+    failures_rows: int = 0
+    expired: bool = False  # the job's results were gone: its texts are retried (paid again)
 
 
 class WriteRef(_Ref):
@@ -179,3 +183,4 @@ class RunSummary(_Ref):
     actual_cost_usd: float | None = None
     cost_avoided_usd: float | None = None  # what the cache hits would have cost
     cache_added: int = 0  # results added to the cache by this run
+    expired_jobs: int = 0  # finished jobs whose results expired: their texts were paid again

@@ -13,9 +13,13 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
+import polars as pl
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
@@ -24,18 +28,25 @@ from prefect.runtime import flow_run
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
 from tasks import events, layout, storage
+from tasks.failpoints import failpoint
 from tasks.mistral import (
     TERMINAL_STATUSES,
+    AmbiguousCreateError,
+    ApiError,
     JobStatus,
     MistralGateway,
+    NotFoundApiError,
     TransientApiError,
     job_metadata,
 )
+from tasks.plan import TEXT_KEY
 from tasks.requests import attempt_dir
 from tasks.results import parse, too_long_failures
 from tasks.settings import mistral_settings
 
 GRACE_SECONDS = 3600.0  # past timeout_hours, Mistral itself ends the job: wait this much longer
+CREATE_ATTEMPTS = 3
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 class WaitTimeoutError(TimeoutError):
@@ -52,59 +63,182 @@ def job_key(content_hash: str, options: dict[str, object]) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
+def _reattach_window(api: MistralGateway, params: EnrichParams) -> datetime:
+    """Jobs created before this cannot hold downloadable results any more: listings stop here."""
+    hours = params.timeout_hours + api.settings.results_retention_hours + 1
+    return datetime.now(UTC) - timedelta(hours=hours)
+
+
+def usable(api: MistralGateway, job: JobStatus) -> bool:
+    """An unfinished job, or a finished one whose output and error files still exist (they
+    expire after a while: such a job's rows have to be sent again)."""
+    if job.status not in TERMINAL_STATUSES:
+        return True
+    return all(api.file_exists(f) for f in (job.output_file, job.error_file) if f)
+
+
+def find_job(
+    api: MistralGateway,
+    key: str,
+    params: EnrichParams,
+    settle_until: float | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[JobStatus | None, list[str]]:
+    """The newest usable job of this project with ``key`` (and the run's endpoint and model),
+    and the ids of expired ones. With ``settle_until`` (a clock time), a miss is retried until
+    then: a job whose creation was ambiguous may show in listings late."""
+    while True:
+        expired: list[str] = []
+        for listed in api.find_jobs(
+            {"enrich_key": key},
+            created_after=_reattach_window(api, params),
+            endpoint=params.endpoint,
+            model=params.model,
+        ):
+            job = JobStatus.of(listed)
+            if usable(api, job):
+                return job, expired
+            expired.append(job.id)
+        if settle_until is None or clock() >= settle_until:
+            return None, expired
+        sleep(min(5.0, max(0.05, settle_until - clock())))
+
+
+def _recorded_job(api: MistralGateway, record_uri: str, key: str) -> JobStatus | None:
+    """The job staging recorded for this attempt, read by id (no listing involved)."""
+    if not storage.exists(record_uri):
+        return None
+    record = storage.read_json(record_uri)
+    if record.get("key") != key:
+        return None
+    try:
+        job = api.job(str(record["job_id"]))
+    except NotFoundApiError:
+        return None
+    return job if usable(api, job) else None
+
+
+def _upload(
+    api: MistralGateway, shard: ShardRef, plan: PlanRef, intent: dict[str, Any] | None
+) -> str:
+    """The request file's id on Mistral: the one a killed attempt uploaded, if it still exists."""
+    if intent and intent.get("file_id") and api.file_exists(str(intent["file_id"])):
+        return str(intent["file_id"])
+    name = f"enrich-{plan.run_key}-{shard.shard:05d}-{shard.attempt}.jsonl"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = storage.local_path(shard.requests_uri) or storage.copy_to_local(
+            shard.requests_uri, Path(tmp, name)
+        )
+        file_id = api.upload(local, name)
+    failpoint("upload")
+    return file_id
+
+
+def _create(
+    api: MistralGateway,
+    key: str,
+    file_id: str,
+    metadata: dict[str, str],
+    params: EnrichParams,
+    log: Logger,
+) -> JobStatus:
+    """Create the job, never twice: after an ambiguous failure, look the key up (allowing for a
+    listing that lags) before trying again. A refused create deletes the uploaded file."""
+    for _ in range(CREATE_ATTEMPTS):
+        try:
+            return JobStatus.of(
+                api.create_job(
+                    endpoint=params.endpoint,
+                    file_id=file_id,
+                    model=params.model,
+                    metadata=metadata,
+                    timeout_hours=params.timeout_hours,
+                )
+            )
+        except AmbiguousCreateError as exc:
+            log.warning("%s", exc)
+            found, _ = find_job(api, key, params, time.time() + api.settings.listing_lag_seconds)
+            if found is not None:
+                return found
+        except ApiError:
+            with suppress(ApiError):  # no job uses it; a failed delete only leaves a file
+                api.delete_file(file_id)
+            raise
+    raise TransientApiError(
+        f"creating the batch job for file {file_id} (key {key}) failed {CREATE_ATTEMPTS} times "
+        "without an answer, and no job with that key showed in the listing within "
+        f"{api.settings.listing_lag_seconds:.0f} s. Run the flow again later: it looks the "
+        "job up before creating one."
+    )
+
+
 def submit(
     api: MistralGateway,
     shard: ShardRef,
     plan: PlanRef,
     params: EnrichParams,
     flow_run_id: str | None = None,
+    log: Logger | None = None,
 ) -> JobRef:
     """Reattach to the job with this shard's key, or upload the file and create it. The job is
-    recorded in staging and under the flow run (for the cancel hook) as soon as it exists."""
+    recorded in staging and under the flow run (for the cancel hook) as soon as it exists.
+
+    Where a job is looked for: the id staging recorded for this attempt; then the listing (a
+    killed attempt that had begun a creation waits for a lagging listing first); a finished job
+    whose results expired is not reused (its rows are sent again, and paid again)."""
+    log = log or logging.getLogger(__name__)
     key = job_key(shard.content_hash, params.result_options())
-    existing = api.find_jobs({"enrich_key": key})
-    if existing:
-        job_id, reattached = existing[0].id, True
-    else:
-        name = f"enrich-{plan.run_key}-{shard.shard:05d}-{shard.attempt}.jsonl"
-        with tempfile.TemporaryDirectory() as tmp:
-            local = storage.local_path(shard.requests_uri) or storage.copy_to_local(
-                shard.requests_uri, Path(tmp, name)
-            )
-            file_id = api.upload(local, name)
-        created = api.create_job(
-            endpoint=params.endpoint,
-            file_id=file_id,
-            model=params.model,
-            metadata=job_metadata(
-                key,
-                enrich_run=plan.run_key,
-                enrich_shard=shard.shard,
-                enrich_attempt=shard.attempt,
-                enrich_kind=params.kind.value,
-                enrich_input=params.input,
-                enrich_output=params.output,
-                enrich_partition=plan.partition,
-                **({"enrich_flow_run": flow_run_id} if flow_run_id else {}),
-            ),
-            timeout_hours=params.timeout_hours,
+    folder = attempt_dir(plan, shard.shard, shard.attempt)
+    record_uri = storage.join(folder, "job.json")
+    intent_uri = storage.join(folder, "create-intent.json")
+    intent = storage.read_json(intent_uri) if storage.exists(intent_uri) else None
+    if intent is not None and intent.get("key") != key:
+        intent = None
+    job, expired = _recorded_job(api, record_uri, key), list[str]()
+    if job is None:
+        settle = float(intent["at"]) + api.settings.listing_lag_seconds if intent else None
+        job, expired = find_job(api, key, params, settle)
+    if expired:
+        log.warning(
+            "The results of batch job(s) %s (shard %d attempt %d) expired before they were "
+            "collected; the shard's texts are sent again in a new job (paid again)",
+            ", ".join(expired),
+            shard.shard,
+            shard.attempt,
         )
-        job_id, reattached = created.id, False
+    reattached = job is not None
+    if job is None:
+        file_id = _upload(api, shard, plan, intent)
+        storage.write_json(intent_uri, {"key": key, "file_id": file_id, "at": time.time()})
+        metadata = job_metadata(
+            key,
+            enrich_run=plan.run_key,
+            enrich_shard=shard.shard,
+            enrich_attempt=shard.attempt,
+            enrich_kind=params.kind.value,
+            enrich_input=params.input,
+            enrich_output=params.output,
+            enrich_partition=plan.partition,
+            **({"enrich_flow_run": flow_run_id} if flow_run_id else {}),
+        )
+        job = _create(api, key, file_id, metadata, params, log)
+        failpoint("create")
     ref = JobRef(
         shard=shard.shard,
         attempt=shard.attempt,
         key=key,
-        job_id=job_id,
+        job_id=job.id,
         requests=shard.requests,
         reattached=reattached,
+        expired_jobs=expired,
     )
     record = ref.model_dump()
     if flow_run_id:
-        record_uri = storage.join(layout.run_jobs(params, flow_run_id), f"{job_id}.json")
-        storage.write_json(record_uri, record)
-    storage.write_json(
-        storage.join(attempt_dir(plan, shard.shard, shard.attempt), "job.json"), record
-    )
+        storage.write_json(
+            storage.join(layout.run_jobs(params, flow_run_id), f"{job.id}.json"), record
+        )
+    storage.write_json(record_uri, record)
     return ref
 
 
@@ -114,7 +248,7 @@ def wait_all(
     poll_interval: float,
     deadline: float,
     on_progress: Callable[[int, int], None],
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    log: Logger,
     on_ended: Callable[[JobRef, JobStatus], None] = lambda job, status: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -147,6 +281,7 @@ def wait_all(
                     final[job.job_id] = status
                     on_ended(job, status)
             failures = 0
+            failpoint("poll")
         except TransientApiError as exc:
             failures += 1
             if failures == 1:
@@ -170,22 +305,58 @@ def wait_all(
         sleep(min(delay, max(0.0, deadline - clock())))
 
 
+def staged_collect(record_uri: str, job_id: str) -> CollectRef | None:
+    """What an earlier attempt collected for this job, if its files are whole (a rerun after a
+    kill does not download again: the job's results may have expired meanwhile)."""
+    if not storage.exists(record_uri):
+        return None
+    ref = CollectRef.model_validate(storage.read_json(record_uri))
+    if ref.job_id != job_id:
+        return None
+    if storage.parquet_rows(ref.results_uri) != ref.results_rows:
+        return None
+    if storage.parquet_rows(ref.failures_uri) != ref.failures_rows:
+        return None
+    return ref
+
+
 def collect(
     api: MistralGateway, outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:
-    """Download the job's files (streamed to disk), parse them, write results and failures."""
+    """Download the job's files (streamed to disk), parse them, write results and failures.
+
+    Output or error files that answer 404 have expired: every text of the job becomes a
+    transient failure, so the retry pass sends it again."""
     folder = attempt_dir(plan, shard.shard, shard.attempt)
+    record_uri = storage.join(folder, "collected.json")
+    staged = staged_collect(record_uri, outcome.job_id)
+    if staged is not None:
+        return staged
     manifest = storage.read_parquet(shard.manifest_uri)
+    expired = False
     with tempfile.TemporaryDirectory() as tmp:
         output = errors = None
-        if outcome.output_file:
-            output = Path(tmp, "output.jsonl")
-            api.download(outcome.output_file, output)
-        if outcome.error_file:
-            errors = Path(tmp, "errors.jsonl")
-            api.download(outcome.error_file, errors)
+        try:
+            if outcome.output_file:
+                output = Path(tmp, "output.jsonl")
+                api.download(outcome.output_file, output)
+            if outcome.error_file:
+                errors = Path(tmp, "errors.jsonl")
+                api.download(outcome.error_file, errors)
+        except NotFoundApiError:
+            output = errors = None
+            expired = True
+        failpoint("download")
         parsed = parse(params, manifest, output, errors, outcome.job_id, outcome.status)
     failures = parsed.failures
+    if expired:
+        failures = failures.with_columns(
+            pl.lit("results_expired").alias("reason"),
+            pl.lit(
+                f"the results of batch job {outcome.job_id} expired before they were "
+                "downloaded; sent again"
+            ).alias("message"),
+        )
     if shard.too_long_uri:
         too_long = storage.read_parquet(shard.too_long_uri)
         failures = failures.vstack(too_long_failures(too_long))
@@ -193,7 +364,7 @@ def collect(
     failures_uri = storage.join(folder, "failures.parquet")
     storage.write_parquet(parsed.results.to_arrow(), results_uri)
     storage.write_parquet(failures.to_arrow(), failures_uri)
-    return CollectRef(
+    ref = CollectRef(
         shard=shard.shard,
         attempt=shard.attempt,
         job_id=outcome.job_id,
@@ -203,10 +374,47 @@ def collect(
         succeeded_texts=parsed.results.height,
         transient_failures=int(failures["transient"].sum()),
         terminal_failures=int((~failures["transient"]).sum()),
-        missing_lines=parsed.missing_lines,
+        missing_lines=0 if expired else parsed.missing_lines,
         duplicate_lines=parsed.duplicate_lines,
         prompt_tokens=parsed.prompt_tokens,
         completion_tokens=parsed.completion_tokens,
+        results_rows=parsed.results.height,
+        failures_rows=failures.height,
+        expired=expired,
+    )
+    storage.write_json(record_uri, ref.model_dump())
+    return ref
+
+
+def collect_unsent(shard: ShardRef, plan: PlanRef) -> CollectRef:
+    """A shard with nothing to send (every new text over the model's context): no job, no
+    quota; its texts are recorded as rejected."""
+    too_long = (
+        storage.read_parquet(shard.too_long_uri)
+        if shard.too_long_uri
+        else pl.DataFrame(schema={TEXT_KEY: pl.UInt64, "_tokens": pl.Int64})
+    )
+    failures = too_long_failures(too_long)
+    folder = attempt_dir(plan, shard.shard, shard.attempt)
+    results_uri = storage.join(folder, "results.parquet")
+    failures_uri = storage.join(folder, "failures.parquet")
+    storage.write_parquet(pl.DataFrame(schema={TEXT_KEY: pl.UInt64}).to_arrow(), results_uri)
+    storage.write_parquet(failures.to_arrow(), failures_uri)
+    return CollectRef(
+        shard=shard.shard,
+        attempt=shard.attempt,
+        job_id="",
+        job_status="NOT_SENT",
+        results_uri=results_uri,
+        failures_uri=failures_uri,
+        succeeded_texts=0,
+        transient_failures=0,
+        terminal_failures=failures.height,
+        missing_lines=0,
+        duplicate_lines=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        failures_rows=failures.height,
     )
 
 
@@ -221,7 +429,7 @@ def check_credentials() -> None:
 
 @task(name="submit")
 def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
-    ref = submit(gateway(), shard, plan, params, flow_run.get_id())
+    ref = submit(gateway(), shard, plan, params, flow_run.get_id(), get_run_logger())
     verb = "Reattached to" if ref.reattached else "Created"
     get_run_logger().info(
         "%s batch job %s for shard %d attempt %d (%d requests)",
@@ -230,6 +438,18 @@ def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef
         ref.shard,
         ref.attempt,
         ref.requests,
+    )
+    return ref
+
+
+@task(name="record-unsent")
+def collect_unsent_shard(shard: ShardRef, plan: PlanRef) -> CollectRef:
+    ref = collect_unsent(shard, plan)
+    get_run_logger().info(
+        "Shard %d: nothing to send (%d text(s) over the model's context are rejected); "
+        "no batch job",
+        shard.shard,
+        ref.terminal_failures,
     )
     return ref
 
@@ -285,7 +505,23 @@ def wait_for_jobs(jobs: list[JobRef], params: EnrichParams, partition: str) -> l
     ]
 
 
-@task(name="collect", retries=3, retry_delay_seconds=[5, 30, 120])
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what may succeed later: a transient API error (a terminal one never)."""
+    try:
+        state.result()
+    except TransientApiError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="collect",
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=_transient,
+)
 def collect_job(
     outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:

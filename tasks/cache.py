@@ -28,6 +28,7 @@ import posixpath
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import quote
 
 import numpy as np
@@ -106,7 +107,18 @@ def promote_pending(location: str) -> list[str]:
         except FileNotFoundError:  # another run promoted it first
             continue
         moved.append(target)
+    for leftover in storage.list_files(storage.join(location, PENDING)):
+        name = posixpath.basename(leftover)  # what a killed writer left: not a pending file
+        if name.endswith(storage.TEMPORARY_SUFFIX) and _older_than(leftover, 3600):
+            storage.remove(leftover)
     return moved
+
+
+def _older_than(uri: str, seconds: float) -> bool:
+    fs, path = storage.filesystem(uri)
+    modified = fs.modified(path)
+    age = datetime.now(modified.tzinfo) - modified
+    return bool(age.total_seconds() > seconds)
 
 
 def _key_table(files: list[str]) -> pl.DataFrame:
@@ -235,15 +247,13 @@ def stage_additions(parts: list[str], location: str, run_key: str) -> str | None
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     name = f"{run_key}-{uuid.uuid4().hex[:12]}.parquet"
     pending = storage.join(location, PENDING, name)
-    building = storage.join(location, PENDING, f"_{name}.building")
-    with storage.open_write(building) as sink:
+    with storage.open_write(pending) as sink:  # whole or absent
         writer = pq.ParquetWriter(sink, schema, compression="lz4")
         for part in parts:
             fs, path = storage.arrow_filesystem(part)
             table = pq.read_table(path, filesystem=fs)
             writer.write_table(_conform(table, schema).sort_by(KEY), row_group_size=ROW_GROUP_ROWS)
         writer.close()
-    storage.move_into_place(building, pending)
     return pending
 
 
@@ -264,10 +274,15 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def promote(pending: str) -> str:
-    """Make a run's pending additions part of the cache (one rename or one S3 object)."""
+    """Make a run's pending additions part of the cache (one rename or one S3 object). A
+    promotion another run already did (a lookup promotes every pending file) is a no-op."""
     location = posixpath.dirname(posixpath.dirname(pending))
     target = storage.join(location, posixpath.basename(pending))
-    storage.move_into_place(pending, target)
+    try:
+        storage.move_into_place(pending, target)
+    except FileNotFoundError:
+        if not storage.exists(target):
+            raise
     return target
 
 

@@ -7,8 +7,9 @@ scans, so staging, rejected rows or a manifest inside the table would break
 ``polars.scan_parquet(output)`` or leak into it.
 
     <work>/staging/<run>/        rows, request shards, results, staged outputs, checks
-    <work>/rejected/partition=<value>/part-0.parquet
+    <work>/rejected/partition=<value>/<flow run>.parquet   named by the manifest
     <work>/published/partition=<value>/_manifest.json
+    <work>/leases/partition=<value>/<generation>.json     one writer per partition
     <work>/quarantine/<run>/     staged data, validation result and Data Docs of a failed run
     <work>/runs/<flow run id>/   the Mistral jobs a flow run created or reattached (cancel hook)
 """
@@ -36,16 +37,36 @@ def staging(params: EnrichParams, run_key: str) -> str:
     return storage.join(params.work_root(), "staging", run_key)
 
 
-def rejected_file(params: EnrichParams, partition: str) -> str:
-    return storage.join(
-        params.work_root(), "rejected", f"{PARTITION_COLUMN}={partition}", DATA_FILE
-    )
+def success_marker(params: EnrichParams, partition: str) -> str:
+    return storage.join(partition_folder(params, partition), SUCCESS_MARKER)
+
+
+def rejected_folder(params: EnrichParams, partition: str) -> str:
+    return storage.join(params.work_root(), "rejected", f"{PARTITION_COLUMN}={partition}")
+
+
+def rejected_file(params: EnrichParams, partition: str, run_id: str) -> str:
+    """Run-unique: the manifest names the one that goes with the published data."""
+    return storage.join(rejected_folder(params, partition), f"{run_id}.parquet")
+
+
+def leases(params: EnrichParams) -> str:
+    return storage.join(params.work_root(), "leases")
+
+
+def lease_folder(params: EnrichParams, partition: str) -> str:
+    return storage.join(leases(params), f"{PARTITION_COLUMN}={partition}")
 
 
 def manifest_file(params: EnrichParams, partition: str) -> str:
     return storage.join(
         params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", MANIFEST
     )
+
+
+def publish_scratch(params: EnrichParams, partition: str) -> str:
+    """Where a publish stages the small objects it moves into the table folder."""
+    return storage.join(params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", "_tmp")
 
 
 def quarantine(params: EnrichParams, run: str) -> str:

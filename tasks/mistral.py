@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ from mistralai.client.utils import BackoffStrategy, RetryConfig
 from tasks.settings import MistralSettings
 
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"})
+ACTIVE_STATUSES = ("QUEUED", "RUNNING", "CANCELLATION_REQUESTED")
 TRANSIENT_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Every job this project creates says so in its metadata: a listing may hold other users' jobs
+# (and may not filter at all), so nothing is reattached, adopted or cancelled without it.
+PROJECT = "mistral-batch-enrich"
+PROJECT_KEY = "enrich_project"
+PAGE_SIZE = 100
+MAX_PAGES = 200  # 20,000 jobs: a listing that filters nothing stays bounded
 
 
 class ApiError(Exception):
@@ -40,6 +48,16 @@ class MissingCredentialsError(TerminalApiError):
     pass
 
 
+class AmbiguousCreateError(TransientApiError):
+    """A job creation whose outcome is unknown (timeout, connection error, 5xx): the service may
+    have created the job. Look it up before creating again: a blind retry pays twice."""
+
+
+class NotFoundApiError(TerminalApiError):
+    """404: the job or file does not exist (any more). A finished job's output and error files
+    expire (24 h after it ends, per Mistral's known limitations): its rows must be sent again."""
+
+
 def _explain(exc: Exception, action: str) -> ApiError:
     if isinstance(exc, errors.SDKError | errors.HTTPValidationError):
         status = exc.raw_response.status_code
@@ -50,12 +68,23 @@ def _explain(exc: Exception, action: str) -> ApiError:
                 f"{action} was refused (HTTP 401): the API key is missing or wrong. "
                 "Check MISTRAL_API_KEY (or the Prefect Secret block)."
             )
+        if status == 404:
+            return NotFoundApiError(text)
         if status in TRANSIENT_STATUS_CODES:
             return TransientApiError(text + " — retrying later usually succeeds")
         return TerminalApiError(text)
     if isinstance(exc, httpx2.TransportError | errors.NoResponseError):
         return TransientApiError(f"{action} failed on the network: {exc!r}")
     return TerminalApiError(f"{action} failed: {exc!r}")
+
+
+def _ambiguous(exc: ApiError) -> bool:
+    """Whether a failed create may still have created the job: no answer, or a 5xx. A 429 or
+    another 4xx proves nothing was created."""
+    cause = exc.__cause__
+    if isinstance(cause, errors.SDKError | errors.HTTPValidationError):
+        return cause.raw_response.status_code >= 500
+    return exc.transient
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,7 @@ class MistralGateway:
     """Files and batch jobs, through the official SDK, with errors marked transient or terminal."""
 
     def __init__(self, settings: MistralSettings) -> None:
+        self.settings = settings
         if settings.api_key is None and settings.server_url is None:
             raise MissingCredentialsError(
                 "MISTRAL_API_KEY is not set: set it to use the Mistral API, or set "
@@ -100,6 +130,10 @@ class MistralGateway:
                 initial_interval=500, max_interval=30_000, exponent=2.0, max_elapsed_time=120_000
             ),
             retry_connection_errors=True,
+        )
+        # 429 only: a create that timed out or answered 5xx may have created the job.
+        self._create_retry = RetryConfig(
+            "backoff", retry.backoff, retry_connection_errors=False, status_codes_override=["429"]
         )
         self._client = Mistral(
             api_key=settings.api_key.get_secret_value() if settings.api_key else "",
@@ -118,25 +152,62 @@ class MistralGateway:
             raise _explain(exc, f"Uploading {name}") from exc
         return uploaded.id
 
-    def _list_jobs(self, action: str, **query: Any) -> list[models.BatchJob]:
-        """Every page of a job listing."""
+    def _list_jobs(
+        self, action: str, created_after: datetime | None = None, **query: Any
+    ) -> list[models.BatchJob]:
+        """The pages of a job listing, newest first, within bounds: the service is asked to
+        filter (``query``, ``created_after``), but may not. Paging stops at the last page, at a
+        page whose jobs are all older than ``created_after``, or after ``MAX_PAGES`` pages."""
         found: list[models.BatchJob] = []
-        page = 0
+        oldest = created_after.timestamp() if created_after else None
+        if created_after is not None:
+            query["created_after"] = created_after
         try:
-            while True:
-                listed = self._client.batch.jobs.list(**query, page=page, page_size=100)
-                found.extend(listed.data or [])
-                if not listed.data or len(found) >= listed.total:
-                    return found
-                page += 1
+            for page in range(MAX_PAGES):
+                listed = self._client.batch.jobs.list(
+                    **query,
+                    page=page,
+                    page_size=PAGE_SIZE,
+                    order_by="-created",
+                )
+                data = listed.data or []
+                found.extend(data)
+                if not data or len(found) >= listed.total:
+                    break
+                if oldest is not None and all(j.created_at < oldest for j in data):
+                    break
         except Exception as exc:
             raise _explain(exc, action) from exc
+        newest_first = sorted(found, key=lambda j: j.created_at, reverse=True)
+        if oldest is None:
+            return newest_first
+        return [j for j in newest_first if j.created_at >= oldest]
 
-    def find_jobs(self, metadata: Mapping[str, str]) -> list[models.BatchJob]:
-        """Jobs carrying all of ``metadata``, newest first (every page)."""
-        return self._list_jobs(
-            f"Listing jobs with metadata {dict(metadata)}", metadata=dict(metadata)
+    def find_jobs(
+        self,
+        metadata: Mapping[str, str],
+        *,
+        created_after: datetime | None = None,
+        endpoint: str | None = None,
+        model: str | None = None,
+    ) -> list[models.BatchJob]:
+        """This project's jobs carrying all of ``metadata`` (and the endpoint and model when
+        given), newest first. Every listed job is checked here: the service's own filtering is
+        a speed-up, never trusted."""
+        wanted = {PROJECT_KEY: PROJECT, **metadata}
+        listed = self._list_jobs(
+            f"Listing jobs with metadata {dict(metadata)}",
+            created_after=created_after,
+            metadata=wanted,
+            **({"model": model} if model else {}),
         )
+        return [
+            j
+            for j in listed
+            if all((j.metadata or {}).get(k) == v for k, v in wanted.items())
+            and (endpoint is None or j.endpoint == endpoint)
+            and (model is None or j.model == model)
+        ]
 
     def create_job(
         self,
@@ -147,6 +218,9 @@ class MistralGateway:
         metadata: Mapping[str, str],
         timeout_hours: int,
     ) -> models.BatchJob:
+        """One creation attempt. Only a 429 is retried here (it proves nothing was created);
+        a timeout, a connection error or a 5xx raises ``AmbiguousCreateError``: the caller
+        looks the job up before creating again."""
         try:
             return self._client.batch.jobs.create(
                 endpoint=endpoint,  # type: ignore[arg-type]
@@ -154,14 +228,48 @@ class MistralGateway:
                 model=model,
                 metadata=dict(metadata),
                 timeout_hours=timeout_hours,
+                retries=self._create_retry,
             )
         except Exception as exc:
-            raise _explain(exc, f"Creating a batch job for file {file_id}") from exc
+            explained = _explain(exc, f"Creating a batch job for file {file_id}")
+            if _ambiguous(explained):
+                raise AmbiguousCreateError(
+                    f"{explained}; the job may exist anyway, so it is looked up before any "
+                    "new attempt"
+                ) from exc
+            raise explained from exc
 
     def active_jobs(self) -> list[models.BatchJob]:
-        """Jobs this project created (they carry ``enrich_key``) that are not over yet."""
-        found = self._list_jobs("Listing running batch jobs", status=["QUEUED", "RUNNING"])
-        return [j for j in found if (j.metadata or {}).get("enrich_key")]
+        """This project's jobs that are not over yet (checked here, whatever the service
+        filtered)."""
+        found = self._list_jobs(
+            "Listing running batch jobs",
+            status=list(ACTIVE_STATUSES),
+            metadata={PROJECT_KEY: PROJECT},
+        )
+        return [
+            j
+            for j in found
+            if str(j.status) in ACTIVE_STATUSES and (j.metadata or {}).get(PROJECT_KEY) == PROJECT
+        ]
+
+    def file_exists(self, file_id: str) -> bool:
+        try:
+            self._client.files.retrieve(file_id=file_id)
+        except Exception as exc:
+            explained = _explain(exc, f"Reading file {file_id}")
+            if isinstance(explained, NotFoundApiError):
+                return False
+            raise explained from exc
+        return True
+
+    def delete_file(self, file_id: str) -> None:
+        try:
+            self._client.files.delete(file_id=file_id)
+        except Exception as exc:
+            explained = _explain(exc, f"Deleting file {file_id}")
+            if not isinstance(explained, NotFoundApiError):
+                raise explained from exc
 
     def cancel(self, job_id: str) -> str:
         """Ask Mistral to cancel a job; returns the status it answers."""
@@ -199,4 +307,4 @@ class MistralGateway:
 
 def job_metadata(key: str, **extra: Any) -> dict[str, str]:
     """Metadata stamped on every job this project creates (values are strings, ≤ 512 chars)."""
-    return {"enrich_key": key, **{k: str(v)[:512] for k, v in extra.items()}}
+    return {PROJECT_KEY: PROJECT, "enrich_key": key, **{k: str(v)[:512] for k, v in extra.items()}}

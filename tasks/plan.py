@@ -6,10 +6,14 @@ Rows are split into shards by a hash of their text, so identical texts land in t
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
+import posixpath
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -22,10 +26,14 @@ from schemas.params import CacheMode, EnrichParams, Kind
 from schemas.refs import PlanRef
 from tasks import cache, layout, storage
 from tasks.columns import BUCKET, KEY_SCHEME, REJECT, TEXT_KEY, TEXT_KEY_2
+from tasks.failpoints import failpoint
 
 __all__ = ["BUCKET", "REJECT", "TEXT_KEY", "TEXT_KEY_2", "InputError", "plan", "plan_input"]
 
 _EXAMPLES = 5
+# A text over this many UTF-8 bytes is rejected before it is tokenized: no Mistral model takes
+# that much (1 MiB is ~250k tokens), and tokenizing megabytes only to refuse them is waste.
+MAX_TEXT_BYTES = 1 << 20
 
 
 class InputError(ValueError):
@@ -59,6 +67,42 @@ def _is_messages(arrow_type: pa.DataType) -> bool:
         return False
     item = arrow_type.value_type
     return pa.types.is_struct(item) and {"role", "content"} <= {f.name for f in item}
+
+
+def _location(uri: str) -> str:
+    """``uri`` as a comparable absolute location (bucket/key for S3, an absolute path else)."""
+    if storage.is_remote(uri):
+        return uri.split("://", 1)[1].rstrip("/")
+    return str(Path(uri.removeprefix("file://")).absolute()).rstrip("/")
+
+
+def reads_from(input_uri: str, location: str) -> bool:
+    """Whether reading ``input_uri`` (a file, a folder, or a glob) could pick up files written
+    under ``location``."""
+    source, where = _location(input_uri), _location(location)
+    if not any(c in source for c in "*?["):
+        return where == source or where.startswith(source + "/")
+    if "**" in source:  # recursive: everything under the fixed prefix
+        root = posixpath.dirname(re.split(r"[*?\[]", source, maxsplit=1)[0])
+        return where == root or where.startswith(root + "/")
+    pattern, folder = source.split("/"), where.split("/")
+    return len(pattern) > len(folder) and all(
+        fnmatch.fnmatchcase(part, glob) for part, glob in zip(folder, pattern, strict=False)
+    )
+
+
+def check_locations(params: EnrichParams) -> None:
+    """Refuse an output, work or cache location the input would read: the next run would read
+    the enriched table (or staging) back as input."""
+    places = [("output", params.output), ("work", params.work_root())]
+    if params.cache_mode is not CacheMode.off:
+        places.append(("cache", params.cache_root()))
+    for name, uri in places:
+        if reads_from(params.input, uri):
+            raise InputError(
+                f"the {name} location {uri} is inside the input {params.input}: the next run "
+                f"would read it back as input. Choose a `{name}` outside the input."
+            )
 
 
 def check_ids(frame: pl.LazyFrame, id_column: str, source: str) -> None:
@@ -117,19 +161,17 @@ def reject_reason(kind: Kind, text_column: str) -> pl.Expr:
     text = pl.col(text_column)
     if kind is Kind.chat_moderation:
         empty = text.list.len() == 0
-        return (
-            pl.when(text.is_null())
-            .then(pl.lit("null_text"))
-            .when(empty)
-            .then(pl.lit("empty_text"))
-            .otherwise(None)
-            .alias(REJECT)
-        )
+        size = text.list.eval(pl.element().struct.field("content").str.len_bytes()).list.sum()
+    else:
+        empty = text.str.strip_chars() == ""
+        size = text.str.len_bytes()
     return (
         pl.when(text.is_null())
         .then(pl.lit("null_text"))
-        .when(text.str.strip_chars() == "")
+        .when(empty)
         .then(pl.lit("empty_text"))
+        .when(size > MAX_TEXT_BYTES)
+        .then(pl.lit("text_too_long"))
         .otherwise(None)
         .alias(REJECT)
     )
@@ -218,8 +260,12 @@ def plan(params: EnrichParams, partition: str) -> PlanRef:
     staging = layout.staging(params, key)
     shards = max(1, math.ceil(rows / params.shard_size))
     rows_uri = storage.join(staging, "rows")
-    storage.remove(rows_uri)
+    # Everything a run derives from the rows is rebuilt: nothing a killed run staged is trusted.
+    for stale in (rows_uri, storage.join(staging, "cache"), storage.join(staging, "cached")):
+        storage.remove(stale)
+    storage.sweep_temporary(staging)
     rejected = bucket_rows(dataset, params, shards, rows_uri)
+    failpoint("plan")
     location = None if params.cache_mode is CacheMode.off else cache.folder(params)
     found: dict[str, Any] = {}
     sendable = sum(rejected.values()) < rows
@@ -269,6 +315,11 @@ def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dic
         "cache_hit_texts": hits.height,
         "cache_hit_tokens": int(hits[cache.TOKENS].sum() or 0),
     }
+
+
+@task(name="check-locations")
+def check_input_locations(params: EnrichParams) -> None:
+    check_locations(params)
 
 
 @task(name="plan")

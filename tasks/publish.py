@@ -3,12 +3,18 @@
 A partition is one Parquet file, ``<output>/partition=<value>/part-0.parquet``. It is written in
 full under staging first, then moved into place in one step: a rename on a local filesystem, a
 server-side copy on S3, where an object appears whole or not at all. Readers therefore see the
-previous partition or the new one, never a mix or a half; a run killed at any point leaves the
-previous partition as it was. The manifest is written next, and the empty ``_SUCCESS`` marker last.
+previous partition or the new one, never a mix or a half.
+
+The data file, its rejected rows and its manifest are three objects, so they are published as a
+unit: the data file's footer carries the publish record (run id, counts, the exact rejected-rows
+object), rejected rows get a run-unique name, and the empty ``_SUCCESS`` marker is removed
+first and written last. A run killed between two steps leaves ``_SUCCESS`` absent; the next run
+of the partition (``repair``) completes the publish from the footer before doing anything else.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_link_artifact
-from prefect.logging import get_run_logger
+from prefect.logging import get_logger, get_run_logger
 
 from schemas.params import EnrichParams, Kind
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
 from tasks import events, layout, storage
+from tasks.failpoints import failpoint
 from tasks.validate import expected_dimension
 
 
@@ -30,41 +37,44 @@ class ValidationFailedError(RuntimeError):
     """The gate refused the run's outputs; nothing was published."""
 
 
+PUBLISH_KEY = b"enrich.publish"
+
+
 def combine(
     parts: list[str],
     target: str,
     dimension: int | None,
     after_part: Callable[[], None] | None = None,
+    footer: dict[str, Any] | None = None,
 ) -> int:
     """Stream staged parts into one Parquet file (a row group per part); returns its rows.
 
     Embeddings become ``FixedSizeList(float32, dimension)`` here, once the gate has checked that
-    every vector has that length.
+    every vector has that length. ``footer`` is stored in the file's key-value metadata. The
+    file is whole or absent: an error aborts it.
     """
-    fs, path = storage.arrow_filesystem(target)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     writer: pq.ParquetWriter | None = None
     rows = 0
-    try:
+    with storage.open_write(target) as sink:
         for uri in parts:
             frame = storage.read_parquet(uri)
             if dimension is not None and isinstance(frame.schema["embedding"], pl.List):
                 frame = frame.with_columns(pl.col("embedding").list.to_array(dimension))
             table = frame.to_arrow()
             if writer is None:
-                no_dictionary = {"embedding"}
+                schema = table.schema
+                if footer is not None:
+                    schema = schema.with_metadata({PUBLISH_KEY: json.dumps(footer).encode()})
                 writer = pq.ParquetWriter(
-                    path,
-                    table.schema,
-                    filesystem=fs,
+                    sink,
+                    schema,
                     compression="lz4",
-                    use_dictionary=[n for n in table.schema.names if n not in no_dictionary],
+                    use_dictionary=[n for n in table.schema.names if n != "embedding"],
                 )
             writer.write_table(table.cast(writer.schema))
             rows += table.num_rows
             if after_part is not None:
                 after_part()
-    finally:
         if writer is not None:
             writer.close()
     return rows
@@ -81,6 +91,79 @@ def _published_dimension(params: EnrichParams, written: list[WriteRef]) -> int |
     return longest if isinstance(longest, int) else None
 
 
+def footer_record(data_uri: str) -> dict[str, Any] | None:
+    """The publish record stored in a published data file's footer (None: no such file)."""
+    fs, path = storage.arrow_filesystem(data_uri)
+    try:
+        metadata = pq.read_metadata(path, filesystem=fs)
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return None
+    raw = (metadata.metadata or {}).get(PUBLISH_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _manifest(record: dict[str, Any], data_uri: str | None) -> dict[str, Any]:
+    """The manifest: the publish record plus what the data file itself says (rows, schema)."""
+    if data_uri is None:
+        return record | {"schema": []}
+    fs, path = storage.arrow_filesystem(data_uri)
+    file = pq.ParquetFile(path, filesystem=fs)
+    schema = file.schema_arrow
+    counts = record["counts"] | {"published_rows": file.metadata.num_rows}
+    return record | {
+        "counts": counts,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+    }
+
+
+def _finish(params: EnrichParams, partition: str, record: dict[str, Any]) -> None:
+    """Make the partition's manifest and rejected rows those of ``record``, then ``_SUCCESS``."""
+    data_uri = record["files"]["data"]
+    storage.write_json(layout.manifest_file(params, partition), _manifest(record, data_uri))
+    keep = record["files"]["rejected"]
+    for old in storage.list_files(layout.rejected_folder(params, partition), ".parquet"):
+        if keep is None or storage.filesystem(old)[1] != storage.filesystem(keep)[1]:
+            storage.remove(old)
+    marker = storage.join(layout.publish_scratch(params, partition), layout.SUCCESS_MARKER)
+    storage.write_bytes(marker, b"")  # empty: polars reads every non-empty file in the folder
+    storage.move_into_place(marker, layout.success_marker(params, partition))
+
+
+def repair(params: EnrichParams, partition: str) -> str | None:
+    """Finish a publish that a kill interrupted, so data, rejected rows and manifest describe
+    the same run again. ``_SUCCESS`` exists only while they do: a publish removes it first and
+    writes it last (empty: readers that scan the folder skip it). The data file's footer is
+    the truth where it is newer than the manifest; an emptying publish writes its manifest
+    before it removes the data.
+    Returns the run id the partition now describes (None: nothing published yet)."""
+    data_uri = layout.data_file(params, partition)
+    success = layout.success_marker(params, partition)
+    footer = footer_record(data_uri)
+    manifest_uri = layout.manifest_file(params, partition)
+    manifest = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else None
+    if storage.exists(success):  # removed first and written last by every publish
+        return str(manifest["run_id"]) if manifest else None
+    if (
+        manifest is not None
+        and manifest["files"]["data"] is None
+        and (footer is None or manifest["published_at"] > footer["published_at"])
+    ):
+        storage.remove(data_uri)  # an emptying publish died before it removed the old data
+        winner: dict[str, Any] | None = {k: v for k, v in manifest.items() if k != "schema"}
+    else:
+        winner = footer
+    if winner is None:
+        return None
+    get_logger("enrich.publish").warning(
+        "Partition %s of %s was left mid-publish by a killed run; completing the publish of run %s",
+        partition,
+        params.output,
+        winner["run_id"],
+    )
+    _finish(params, partition, winner)
+    return str(winner["run_id"])
+
+
 def publish(
     plan: PlanRef,
     params: EnrichParams,
@@ -90,53 +173,36 @@ def publish(
     run_id: str,
     after_part: Callable[[], None] | None = None,
 ) -> PublishRef:
-    """Replace the partition (and its rejected rows) in one step each, then manifest, _SUCCESS."""
-    data_uri = layout.data_file(params, plan.partition)
-    rejected_uri = layout.rejected_file(params, plan.partition)
+    """Publish the partition as one unit: stage the data (its footer names the run and its
+    rejected rows), write the rejected rows under a run-unique name, remove ``_SUCCESS``, move
+    the data into place, write the manifest, clean older rejected rows, write ``_SUCCESS``."""
+    partition = plan.partition
+    data_uri = layout.data_file(params, partition)
     enriched = [w.enriched_uri for w in written if w.enriched_uri]
     rejected = [w.rejected_uri for w in written if w.rejected_uri]
-    published_rows = 0
-    schema: pa.Schema | None = None
-    if enriched:
-        temporary = storage.join(plan.staging, "publish", layout.DATA_FILE)
-        dimension = _published_dimension(params, written)
-        published_rows = combine(enriched, temporary, dimension, after_part)
-        schema = storage.parquet_dataset(temporary).schema
-        storage.move_into_place(temporary, data_uri)
-    else:  # every row was rejected (and the gate allowed it): the partition is emptied
-        storage.remove(data_uri)
-    if rejected:
-        temporary = storage.join(plan.staging, "publish", "rejected.parquet")
-        combine(rejected, temporary, None)
-        storage.move_into_place(temporary, rejected_uri)
-    else:
-        storage.remove(rejected_uri)
+    rejected_uri = layout.rejected_file(params, partition, run_id) if rejected else None
     by_reason: dict[str, int] = {}
     for ref in written:
         for reason, count in ref.rejected_by_reason.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
-    manifest: dict[str, Any] = {
+    record: dict[str, Any] = {
         "run_id": run_id,
         "run_key": plan.run_key,
         "published_at": datetime.now(UTC).isoformat(),
         "input": params.input,
         "input_fingerprint": plan.input_fingerprint,
-        "partition": plan.partition,
+        "partition": partition,
         "kind": params.kind.value,
         "model": params.model,
         "options": params.result_options(),
         "counts": {
             "input_rows": plan.rows,
-            "published_rows": published_rows,
+            "published_rows": sum(w.enriched_rows for w in written),
             "rejected_rows": sum(w.rejected_rows for w in written),
             "rejected_by_reason": by_reason,
         },
         "jobs": jobs,
-        "files": {
-            "data": data_uri if enriched else None,
-            "rejected": rejected_uri if rejected else None,
-        },
-        "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
+        "files": {"data": data_uri if enriched else None, "rejected": rejected_uri},
         "validation": {
             "success": verdict.success,
             "expectations_evaluated": verdict.evaluated,
@@ -144,16 +210,28 @@ def publish(
             "result": verdict.result_uri,
         },
     }
-    manifest_uri = layout.manifest_file(params, plan.partition)
-    storage.write_json(manifest_uri, manifest)
-    storage.write_bytes(
-        storage.join(layout.partition_folder(params, plan.partition), layout.SUCCESS_MARKER), b""
-    )
+    repair(params, partition)
+    staged_data = storage.join(plan.staging, "publish", layout.DATA_FILE)
+    rows = 0
+    if enriched:
+        dimension = _published_dimension(params, written)
+        rows = combine(enriched, staged_data, dimension, after_part, footer=record)
+    if rejected_uri is not None:
+        combine(rejected, rejected_uri, None)
+    storage.remove(layout.success_marker(params, partition))
+    if enriched:
+        storage.move_into_place(staged_data, data_uri)
+        failpoint("publish")
+    else:  # every row was rejected (the gate allowed it): the manifest first, then emptying
+        storage.write_json(layout.manifest_file(params, partition), _manifest(record, None))
+        failpoint("publish")
+        storage.remove(data_uri)
+    _finish(params, partition, record)
     return PublishRef(
         data_uri=data_uri if enriched else None,
-        rejected_uri=rejected_uri if rejected else None,
-        manifest_uri=manifest_uri,
-        rows=published_rows,
+        rejected_uri=rejected_uri,
+        manifest_uri=layout.manifest_file(params, partition),
+        rows=rows,
     )
 
 
@@ -193,6 +271,12 @@ def publish_partition(
         {"rows": ref.rows, "data_uri": ref.data_uri, "manifest_uri": ref.manifest_uri},
     )
     return ref
+
+
+@task(name="repair")
+def repair_partition(params: EnrichParams, partition: str) -> str | None:
+    """Complete a publish of this partition that a killed run left half done."""
+    return repair(params, partition)
 
 
 @task(name="quarantine")

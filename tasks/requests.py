@@ -147,7 +147,8 @@ def build(texts: pl.DataFrame, params: EnrichParams, shard: int, attempt: int) -
         lines = texts.select("custom_id", pl.struct(pl.col(text).alias("input")).alias("body"))
     else:
         lines = texts.select("custom_id", _classification_body(params, text))
-    return BuiltRequests(lines, manifest, too_long, int(counts.sum()))
+    sent_tokens = int(texts["_tokens"].sum()) if texts.height else 0  # the estimate counts
+    return BuiltRequests(lines, manifest, too_long, sent_tokens)  # only what is sent
 
 
 def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame:
@@ -189,9 +190,7 @@ def attempt_dir(plan: PlanRef, shard: int, attempt: int) -> str:
     return storage.join(plan.staging, "shards", f"{shard:05d}", f"attempt-{attempt}")
 
 
-def write_shard(
-    built: BuiltRequests, plan: PlanRef, shard: int, attempt: int, texts: int
-) -> ShardRef:
+def write_shard(built: BuiltRequests, plan: PlanRef, shard: int, attempt: int) -> ShardRef:
     """Write the JSONL, manifest and too-long texts to staging; hash the JSONL for identity."""
     folder = attempt_dir(plan, shard, attempt)
     requests_uri = storage.join(folder, "requests.jsonl")
@@ -220,7 +219,7 @@ def write_shard(
         requests_uri=requests_uri,
         manifest_uri=manifest_uri,
         requests=built.lines.height,
-        texts=texts,
+        texts=built.manifest.height,  # texts sent: those over the context are not
         tokens=built.tokens,
         content_hash=content_hash,
         too_long_uri=too_long_uri,
@@ -229,11 +228,12 @@ def write_shard(
 
 @task(name="build-requests")
 def build_requests(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
-    """The first attempt of a shard; None when the shard has nothing to send."""
+    """The first attempt of a shard; None when the shard has no new text. A shard whose new
+    texts are all over the model's context has 0 requests: it is recorded, never submitted."""
     texts = shard_texts(plan, params, shard)
     if texts.height == 0:
         return None
-    return write_shard(build(texts, params, shard, 0), plan, shard, 0, texts.height)
+    return write_shard(build(texts, params, shard, 0), plan, shard, 0)
 
 
 @task(name="build-retry-requests")
@@ -246,4 +246,4 @@ def build_retry_requests(
     texts = shard_texts(plan, params, shard).filter(pl.col(TEXT_KEY).is_in(keys.implode()))
     if texts.height == 0:
         return None
-    return write_shard(build(texts, params, shard, attempt), plan, shard, attempt, texts.height)
+    return write_shard(build(texts, params, shard, attempt), plan, shard, attempt)

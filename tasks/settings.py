@@ -18,6 +18,10 @@ class MistralSettings(BaseSettings):
     api_key_block: str = "mistral-api-key"
     server_url: str | None = None
     timeout_ms: int = 300_000
+    # After a create whose outcome is unknown, how long a job may take to show in listings.
+    listing_lag_seconds: float = 60.0
+    # Mistral keeps a finished job's results downloadable this long (known limitations: 24 h).
+    results_retention_hours: float = 24.0
 
 
 def mistral_settings() -> MistralSettings:

@@ -6,11 +6,14 @@ temporary folder or at a real S3 server without patching anything.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import posixpath
 import shutil
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -88,24 +91,66 @@ def exists(uri: str) -> bool:
     return bool(fs.exists(path))
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    fs, path = filesystem(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        handle.write(data)
+TEMPORARY_SUFFIX = ".enrich-tmp"
 
 
-def write_json(uri: str, value: Any) -> None:
-    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+def _temporary(path: str) -> str:
+    """A hidden sibling of ``path`` (datasets and our listings skip names starting with '.')."""
+    folder, name = posixpath.split(path)
+    return posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}")
 
 
 @contextmanager
-def open_write(uri: str) -> Iterator[IO[bytes]]:
-    """A binary stream to ``uri`` (the parent folder is created)."""
+def open_write(uri: str, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
+    """A binary stream to ``uri`` that makes the object whole or not at all.
+
+    Locally the bytes go to a hidden temporary sibling, renamed over ``uri`` on success and
+    removed on error. On S3 an error aborts the upload (fsspec would otherwise complete a
+    multipart upload on the way out of ``with``, leaving a truncated object).
+
+    ``exclusive``: refuse (``FileExistsError``) when ``uri`` already exists — a conditional
+    create (a hard link locally, ``If-None-Match: *`` on S3).
+    """
     fs, path = filesystem(uri)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        yield handle
+    if is_remote(uri):
+        handle = fs.open(path, "xb" if exclusive else "wb")
+        try:
+            yield handle
+        except BaseException:
+            handle.discard()
+            raise
+        handle.close()
+        return
+    temporary = _temporary(path)
+    try:
+        with Path(temporary).open("wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            Path(path).hardlink_to(temporary)  # FileExistsError when path exists
+            Path(temporary).unlink()
+        else:
+            Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(uri: str, data: bytes, *, exclusive: bool = False) -> None:
+    with open_write(uri, exclusive=exclusive) as handle:
+        handle.write(data)
+
+
+def write_json(uri: str, value: Any, *, exclusive: bool = False) -> None:
+    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+    write_bytes(uri, data, exclusive=exclusive)
+
+
+def read_json(uri: str) -> Any:
+    with open_read(uri) as handle:
+        return json.load(handle)
 
 
 @contextmanager
@@ -145,6 +190,8 @@ def move_into_place(source: str, target: str) -> None:
     try:
         Path(src).replace(dst)
     except OSError as exc:
+        if exc.errno != errno.EXDEV:  # a missing source stays a FileNotFoundError
+            raise
         raise OSError(
             f"cannot move {source} into place at {target} in one step ({exc}); keep the work "
             "root (`work` parameter) on the same filesystem as the output"
@@ -188,23 +235,43 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
 
 def write_parquet(table: pa.Table, uri: str, row_group_size: int | None = None) -> None:
     """LZ4: vectors barely compress, and zstd reads them back four times slower."""
-    fs, path = arrow_filesystem(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
     no_dictionary = [f.name for f in table.schema if pa.types.is_floating(_leaf(f.type))]
-    pq.write_table(
-        table,
-        path,
-        filesystem=fs,
-        compression="lz4",
-        use_dictionary=[f.name for f in table.schema if f.name not in no_dictionary],
-        row_group_size=row_group_size,
-    )
+    with open_write(uri) as sink:
+        pq.write_table(
+            table,
+            sink,
+            compression="lz4",
+            use_dictionary=[f.name for f in table.schema if f.name not in no_dictionary],
+            row_group_size=row_group_size,
+        )
 
 
 def _leaf(arrow_type: pa.DataType) -> pa.DataType:
     while pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
         arrow_type = arrow_type.value_type
     return arrow_type
+
+
+def parquet_rows(uri: str) -> int | None:
+    """The row count in a Parquet file's footer; None when the file is missing or not whole."""
+    fs, path = arrow_filesystem(uri)
+    try:
+        return int(pq.ParquetFile(path, filesystem=fs).metadata.num_rows)
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def sweep_temporary(uri: str) -> int:
+    """Remove what killed writers left under ``uri`` (hidden ``*.enrich-tmp`` files); returns
+    how many. Call it only where no live writer can be (under the partition's lease)."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return 0
+    left = [p for p in fs.find(path) if p.endswith(TEMPORARY_SUFFIX)]
+    for leftover in left:
+        with suppress(FileNotFoundError):
+            fs.rm(leftover)
+    return len(left)
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pl.DataFrame:

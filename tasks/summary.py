@@ -48,7 +48,7 @@ def summarize(
         rejected_rows=sum(w.rejected_rows for w in written),
         rejected_by_reason=by_reason,
         requests=sum(s.requests for s in shards),
-        jobs={c.job_id: c.job_status for c in collected},
+        jobs={c.job_id: c.job_status for c in collected if c.job_id},
         reattached_jobs=sum(j.reattached for j in jobs),
         retried_texts=sum(
             c.succeeded_texts + c.transient_failures + c.terminal_failures
@@ -69,6 +69,9 @@ def summarize(
         else prices.cost(params.model, prompt_tokens, completion_tokens),
         cost_avoided_usd=cost.avoided(params, plan, prices),
         cache_added=sum(w.cache_add_rows for w in written),
+        expired_jobs=len(
+            {i for j in jobs for i in j.expired_jobs} | {c.job_id for c in collected if c.expired}
+        ),
     )
 
 
@@ -93,6 +96,7 @@ def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateR
         f"| requests | {summary.requests:,} |",
         f"| jobs | {len(summary.jobs)} ({summary.reattached_jobs} reattached) |",
         f"| texts retried | {summary.retried_texts:,} |",
+        f"| jobs whose results expired (texts paid again) | {summary.expired_jobs:,} |",
         f"| tokens, estimated | {estimated.prompt_tokens:,} prompt, "
         f"{estimated.completion_tokens:,} completion: {_usd(estimated.cost_usd)} |",
         f"| tokens, actual | {summary.prompt_tokens:,} prompt, {summary.completion_tokens:,} "

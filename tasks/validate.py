@@ -24,6 +24,7 @@ from prefect.logging import get_run_logger
 from schemas.params import EnrichParams, Kind
 from schemas.refs import FailedCheck, GateRef, PlanRef, WriteRef
 from tasks import storage
+from tasks.failpoints import failpoint
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "schemas" / "expectations"
 SUITE_FOR_KIND = {
@@ -336,6 +337,7 @@ def validate_run(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -
     logger = get_run_logger()
     if verdict.success:
         logger.info("Validation passed: %d expectations", verdict.evaluated)
+        failpoint("validate")
     else:
         for failure in verdict.failures:
             logger.error("Validation failed: %s", failure.describe())

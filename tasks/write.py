@@ -17,6 +17,7 @@ from schemas.params import EnrichParams
 from schemas.refs import CollectRef, PlanRef, WriteRef
 from schemas.tables import REJECTED
 from tasks import cache, storage
+from tasks.failpoints import failpoint
 from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.validate import derive
 
@@ -152,6 +153,7 @@ def write_shard(
         checks_uri = staged(plan, "checks", shard)
         checks = derive(params.kind, enriched, params.id_column)
         storage.write_parquet(checks.to_arrow(), checks_uri)
+        failpoint("write")
     if rejected.height:
         rejected_uri = staged(plan, "rejected", shard)
         storage.write_parquet(rejected.to_arrow(), rejected_uri)

@@ -1,7 +1,13 @@
 """The shipped path, end to end: a real `prefect server start` (temporary PREFECT_HOME, SQLite) on
 loopback, the deployments applied from prefect.yaml with `prefect deploy --all`, a
 `prefect worker start` process on the pool, the API key in a Prefect Secret block (the worker has
-no MISTRAL_API_KEY), and the emulator as Mistral."""
+no MISTRAL_API_KEY), and the emulator as Mistral. The last tests stop the worker and run the same
+deployments with `enrich serve`.
+
+Schedules are tested through the server's scheduler service, the only part of Prefect that turns a
+schedule into runs (creating a deployment does not): a library upgrade that breaks it (SQLAlchemy
+2.1 with Prefect 3.8.8) leaves nightly deployments that never run, while every run triggered
+through the API still works."""
 
 from __future__ import annotations
 
@@ -11,9 +17,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import polars as pl
@@ -26,6 +35,10 @@ from tests.support import API_KEY
 PROJECT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+SCHEDULED = {"nightly-embeddings", "nightly-moderation", "nightly-classification", "reconcile"}
+# The scheduler's loop (60 s by default) is what a due schedule waits for; the recent-deployments
+# loop (5 s) only looks at deployments whose row changed, which adding a schedule does not do.
+SCHEDULER_LOOP_SECONDS = 1
 
 
 def free_port() -> int:
@@ -51,6 +64,7 @@ class Stack:
     http: httpx.Client
     emulator: EmulatorProcess
     data: Path
+    server: ChildService
     worker: ChildService
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -89,6 +103,102 @@ class Stack:
                 timeout,
             )
         )
+
+    def deployments(self) -> list[dict[str, Any]]:
+        response = self.call("POST", "/deployments/filter", json={})
+        response.raise_for_status()
+        deployments: list[dict[str, Any]] = response.json()
+        return deployments
+
+    def runs_of(self, deployment_id: str, *states: str) -> list[dict[str, Any]]:
+        """The deployment's flow runs, in any of ``states`` (all states when none is named)."""
+        flow_runs: dict[str, Any] = {"deployment_id": {"any_": [deployment_id]}}
+        if states:
+            flow_runs["state"] = {"type": {"any_": list(states)}}
+        response = self.call("POST", "/flow_runs/filter", json={"flow_runs": flow_runs})
+        response.raise_for_status()
+        runs: list[dict[str, Any]] = response.json()
+        return runs
+
+    def scheduler_runs(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        """The deployment's SCHEDULED runs that the scheduler created from its active schedules.
+
+        The scheduler marks what it creates: ``auto_scheduled`` and ``created_by`` naming the
+        schedule. A run created through the API (``create_flow_run``) carries neither."""
+        active = {s["id"] for s in deployment["schedules"] if s["active"]}
+        return [
+            run for run in self.runs_of(deployment["id"], "SCHEDULED") if from_schedule(run, active)
+        ]
+
+    def wait_scheduler_runs(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = wait_until(
+            f"the scheduler to create runs of {deployment['name']}",
+            lambda: self.scheduler_runs(deployment),
+            timeout=30 + 3 * SCHEDULER_LOOP_SECONDS,
+        )
+        return runs
+
+    @contextmanager
+    def due_schedule(
+        self, deployment: dict[str, Any], parameters: dict[str, Any], in_seconds: float
+    ) -> Iterator[dict[str, Any]]:
+        """An extra schedule on ``deployment``, with its own parameters, due ``in_seconds`` from
+        now and then once a day; deleted on exit (which also deletes its runs not yet started), so
+        it fires no more."""
+        anchor = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=in_seconds)
+        created = self.call(
+            "POST",
+            f"/deployments/{deployment['id']}/schedules",
+            json=[
+                {
+                    "schedule": {"interval": 86400, "anchor_date": anchor.isoformat()},
+                    "active": True,
+                    "parameters": parameters,
+                }
+            ],
+        )
+        created.raise_for_status()
+        schedule: dict[str, Any] = created.json()[0]
+        assert schedule["parameters"] == parameters
+        try:
+            yield schedule
+        finally:
+            self.call(
+                "DELETE", f"/deployments/{deployment['id']}/schedules/{schedule['id']}"
+            ).raise_for_status()
+
+    def run_due_schedule(
+        self, name: str, parameters: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Add a schedule to deployment ``name`` due in a few seconds; return its run once the
+        scheduler has created it and a worker or serve process has finished it."""
+        deployment = self.deployment(name)
+        with self.due_schedule(deployment, parameters, in_seconds=15) as schedule:
+            anchor = datetime.fromisoformat(schedule["schedule"]["anchor_date"])
+
+            def due_run() -> dict[str, Any] | None:
+                runs = self.runs_of(deployment["id"])
+                ours = [r for r in runs if from_schedule(r, {schedule["id"]})]
+                return min(ours, key=lambda r: r["expected_start_time"], default=None)
+
+            # Nobody else creates it: it must exist before it is due, or the schedule is missed.
+            run: dict[str, Any] = wait_until(
+                f"the scheduler to create the run due at {anchor}", due_run, timeout=12
+            )
+            assert datetime.fromisoformat(run["expected_start_time"]) == anchor
+            assert run["parameters"] == parameters  # the schedule's, not the deployment's
+            self.wait_final(run["id"], timeout=timeout)
+            finished: dict[str, Any] = self.call("GET", f"/flow_runs/{run['id']}").json()
+        return finished
+
+
+def from_schedule(run: dict[str, Any], schedule_ids: set[str]) -> bool:
+    created_by = run.get("created_by") or {}
+    return bool(
+        run["auto_scheduled"]
+        and created_by.get("type") == "SCHEDULE"
+        and created_by.get("id") in schedule_ids
+    )
 
 
 def prefect_env(api: str, home: Path) -> dict[str, str]:
@@ -141,7 +251,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         server.launch(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             lambda line: "API reference" in line or "dashboard" in line,
-            env=env,
+            env=env
+            | {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(SCHEDULER_LOOP_SECONDS)},
             timeout=120,
         )
         http = httpx.Client(base_url=api, timeout=30)
@@ -176,7 +287,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cwd=root,
             timeout=120,
         )
-        yield Stack(api=api, http=http, emulator=emulator, data=root / "data", worker=worker)
+        yield Stack(
+            api=api,
+            http=http,
+            emulator=emulator,
+            data=root / "data",
+            server=server,
+            worker=worker,
+        )
     finally:
         worker.stop(timeout=30)
         server.stop(timeout=30)
@@ -228,6 +346,20 @@ def test_the_deployments_are_applied_with_a_kind_dropdown(stack: Stack) -> None:
     assert reconcile["schedules"][0]["schedule"]["cron"] == "10 * * * *"
 
 
+def test_the_scheduler_creates_runs_for_every_active_schedule(stack: Stack) -> None:
+    deployments = {d["name"]: d for d in stack.deployments()}
+    scheduled = {n for n, d in deployments.items() if any(s["active"] for s in d["schedules"])}
+    assert scheduled == SCHEDULED
+    for name in sorted(scheduled):
+        runs = stack.wait_scheduler_runs(deployments[name])
+        assert all(r["parameters"] == deployments[name]["parameters"] for r in runs)
+    paris = ZoneInfo("Europe/Paris")
+    nightly = stack.scheduler_runs(deployments["nightly-embeddings"])
+    starts = [datetime.fromisoformat(r["expected_start_time"]).astimezone(paris) for r in nightly]
+    assert {(t.hour, t.minute) for t in starts} == {(4, 0)}
+    assert stack.runs_of(deployments["adhoc"]["id"], "SCHEDULED") == []  # it has no schedule
+
+
 def test_an_adhoc_run_through_the_api_publishes_the_table(stack: Stack) -> None:
     source = write(stack.data / "adhoc" / "in.parquet", [f"an ad hoc text {i}" for i in range(40)])
     output = stack.data / "adhoc" / "out"
@@ -274,37 +406,103 @@ def test_cancelling_a_run_cancels_its_mistral_jobs(stack: Stack) -> None:
     assert stack.wait_final(run_id, timeout=60) == "CANCELLED"
 
 
-def test_enrich_serve_runs_the_same_deployments_without_a_worker(
-    stack: Stack, tmp_path: Path
-) -> None:
-    stack.worker.stop(timeout=30)  # from here on, only `enrich serve` can run flows
+def test_a_due_schedule_is_run_by_the_worker(stack: Stack) -> None:
+    texts = [f"a scheduled text {i}" for i in range(5)]
+    source = write(stack.data / "scheduled" / "in.parquet", texts)
+    output = stack.data / "scheduled" / "out"
+    run = stack.run_due_schedule("adhoc", parameters(source, output, kind="moderation"), 180)
+    assert run["state"]["type"] == "COMPLETED", "".join(stack.worker.output[-60:])
+    table = pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet")
+    assert table.height == 5 and "flagged" in table.columns
+    assert any(run["id"] in line for line in stack.worker.output)  # run by the worker
+    # The deleted schedule left nothing behind to fire later.
+    assert stack.runs_of(run["deployment_id"], "SCHEDULED") == []
+
+
+@pytest.fixture(scope="module")
+def served(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildService]:
+    """`enrich serve` in place of the worker: from here on the only process that runs flows."""
+    stack.worker.stop(timeout=30)
     # A single machine serves instead of deploying: start from a server without the worker's
     # deployments (serve does not clear the pull steps `prefect deploy` stored under a name).
-    for deployment in stack.call("POST", "/deployments/filter", json={}).json():
+    for deployment in stack.deployments():
         stack.call("DELETE", f"/deployments/{deployment['id']}").raise_for_status()
-    env = prefect_env(stack.api, tmp_path) | {"MISTRAL_SERVER_URL": stack.emulator.url}
-    served = ChildService("enrich serve")
+    home = tmp_path_factory.mktemp("serve")
+    env = prefect_env(stack.api, home) | {
+        "MISTRAL_SERVER_URL": stack.emulator.url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    service = ChildService("enrich serve")
     try:
-        served.launch(
+        service.launch(
             [str(Path(sys.executable).with_name("enrich")), "serve"],
             lambda line: "being served" in line,
             env=env,
-            cwd=tmp_path,
+            cwd=home,
             timeout=120,
         )
-        assert {d["name"] for d in stack.call("POST", "/deployments/filter", json={}).json()} >= {
-            "nightly-embeddings",
-            "nightly-moderation",
-            "nightly-classification",
-            "adhoc",
-            "reconcile",
-        }
-        source = write(stack.data / "served" / "in.parquet", ["served one", "served two"])
-        output = stack.data / "served" / "out"
-        run_id = stack.run("adhoc", parameters(source, output))
-        state = stack.wait_final(run_id, timeout=180)
-        assert state == "COMPLETED", "".join(served.output[-60:])
-        assert pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet").height == 2
-        assert any(run_id in line for line in served.output)  # run by the serve process
+        yield service
     finally:
-        served.stop(timeout=30)
+        service.stop(timeout=30)
+
+
+def test_enrich_serve_runs_the_same_deployments_without_a_worker(
+    stack: Stack, served: ChildService
+) -> None:
+    assert {d["name"] for d in stack.deployments()} >= {
+        "nightly-embeddings",
+        "nightly-moderation",
+        "nightly-classification",
+        "adhoc",
+        "reconcile",
+    }
+    source = write(stack.data / "served" / "in.parquet", ["served one", "served two"])
+    output = stack.data / "served" / "out"
+    run_id = stack.run("adhoc", parameters(source, output))
+    state = stack.wait_final(run_id, timeout=180)
+    assert state == "COMPLETED", "".join(served.output[-60:])
+    assert pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet").height == 2
+    assert any(run_id in line for line in served.output)  # run by the serve process
+
+
+def test_the_served_schedules_get_runs_from_the_scheduler(
+    stack: Stack, served: ChildService
+) -> None:
+    deployments = {d["name"]: d for d in stack.deployments()}
+    scheduled = {n for n, d in deployments.items() if any(s["active"] for s in d["schedules"])}
+    assert scheduled == SCHEDULED
+    for name in sorted(scheduled):
+        stack.wait_scheduler_runs(deployments[name])
+
+
+def test_a_due_schedule_is_run_by_enrich_serve(stack: Stack, served: ChildService) -> None:
+    source = write(stack.data / "served-scheduled" / "in.parquet", ["due one", "due two", "3"])
+    output = stack.data / "served-scheduled" / "out"
+    run = stack.run_due_schedule("adhoc", parameters(source, output), 180)
+    assert run["state"]["type"] == "COMPLETED", "".join(served.output[-60:])
+    assert pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet").height == 3
+    assert any(run["id"] in line for line in served.output)  # run by the serve process
+    assert stack.runs_of(run["deployment_id"], "SCHEDULED") == []
+
+
+def tracebacks(lines: list[str]) -> list[str]:
+    """Each traceback of a log, told in one line: the log line before it, then its exception."""
+    told = []
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback") or (i > 1 and "above exception" in lines[i - 2]):
+            continue
+        ends = (s for s in lines[i + 1 :] if s.strip() and not s[0].isspace())
+        told.append(f"{lines[i - 1].strip() if i else ''} -> {next(ends, '').strip()}")
+    return told
+
+
+def test_the_server_logged_no_traceback(stack: Stack) -> None:
+    """Last of the module: the scheduler and the other services only log their errors (SQLAlchemy
+    2.1 made the scheduler fail every loop while the API kept answering), so read the log."""
+    lines = stack.server.output
+    found = tracebacks(lines)
+    errors = [line for line in lines if "InvalidRequestError" in line]
+    first = next((i for i, line in enumerate(lines) if line.startswith("Traceback")), 0)
+    assert not found and not errors, "\n".join(
+        [*found, *errors, "", "The first in full:", "".join(lines[max(0, first - 2) : first + 80])]
+    )

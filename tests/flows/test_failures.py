@@ -166,7 +166,7 @@ def test_crash_after_submit_then_rerun_reattaches(
         found = shard_texts(planned, run, shard)
         submit(
             api,
-            write_shard(build(found, run, shard, 0), planned, shard, 0, found.height),
+            write_shard(build(found, run, shard, 0), planned, shard, 0),
             planned,
             run,
         )

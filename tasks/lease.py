@@ -1,0 +1,255 @@
+"""One writer per table partition: a lease taken before anything is spent.
+
+A lease is a numbered object under ``<work>/leases/partition=<value>/``: ``<generation>.json``,
+created only if absent (a hard link locally, ``If-None-Match: *`` on S3), so of two runs racing
+for the same generation exactly one wins. The highest generation is the current lease; it is
+free when released (``<generation>.released``), expired (its holder renews it every
+``ttl / 5`` seconds from a background thread), or held by a process of this host that is gone
+(a SIGKILLed run frees its partition at once, without waiting for the expiry).
+
+The holder checks before it publishes that the lease is still its own; a run that lost it (a
+pause longer than the ttl let another take over) stops rather than publish over the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.params import EnrichParams
+from tasks import layout, storage
+
+TTL_SECONDS = 300.0
+_GENERATION_DIGITS = 10
+
+
+class LeaseHeldError(RuntimeError):
+    """Another live run holds the partition."""
+
+
+class LeaseLostError(RuntimeError):
+    """The run's lease was taken over by another run: it must not publish."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of ``pid`` (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """False only when the holder ran on this host and its process is gone."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = int(holder.get("pid", 0))
+    if pid <= 0:
+        return True
+    started = _process_start(pid)
+    if started is None:
+        return not Path("/proc").is_dir()  # no /proc: cannot tell, trust the expiry
+    return holder.get("pid_start") in (None, started)
+
+
+def describe(holder: dict[str, Any]) -> str:
+    run = holder.get("flow_run_id") or "a run outside Prefect"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("acquired_at", 0))))
+    return f"flow run {run} (host {holder.get('host')}, pid {holder.get('pid')}, since {since})"
+
+
+@dataclass
+class Lease:
+    folder: str
+    generation: int
+    record: dict[str, Any]
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    lost: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def uri(self) -> str:
+        return _lease_uri(self.folder, self.generation)
+
+    def start_renewing(self) -> None:
+        self._thread = threading.Thread(target=self._renew_loop, name="enrich-lease", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        ttl = float(self.record["ttl"])
+        while not self._stop.wait(ttl / 5):
+            try:
+                self.renew()
+            except LeaseLostError as exc:
+                self.lost = str(exc)
+                self.log.error("%s", exc)
+                return
+            except OSError as exc:  # storage hiccup: the next renewal may succeed
+                self.log.warning("Could not renew the lease %s: %s", self.uri, exc)
+
+    def renew(self) -> None:
+        self.check()
+        now = time.time()
+        self.record |= {"renewed_at": now, "expires_at": now + float(self.record["ttl"])}
+        storage.write_json(self.uri, self.record)
+
+    def check(self) -> None:
+        """Raise ``LeaseLostError`` unless this run still holds the partition."""
+        if self.lost:
+            raise LeaseLostError(self.lost)
+        top = _top(self.folder)
+        if top is None or top[0] != self.generation or storage.exists(_released_uri(self.uri)):
+            holder = _read(_lease_uri(self.folder, top[0])) if top else None
+            by = describe(holder) if holder else "nobody"
+            self.lost = (
+                f"the lease on {self.folder} was taken over by {by}; this run stops "
+                "without publishing. Run it again once that run is over."
+            )
+            raise LeaseLostError(self.lost)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if not self.lost:
+            with suppress(OSError):
+                storage.write_bytes(_released_uri(self.uri), b"")
+
+
+def _lease_uri(folder: str, generation: int) -> str:
+    return storage.join(folder, f"{generation:0{_GENERATION_DIGITS}d}.json")
+
+
+def _released_uri(lease_uri: str) -> str:
+    return lease_uri.removesuffix(".json") + ".released"
+
+
+def _read(uri: str) -> dict[str, Any] | None:
+    try:
+        value = storage.read_json(uri)
+    except (FileNotFoundError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _top(folder: str) -> tuple[int, str] | None:
+    generations = []
+    for uri in storage.list_files(folder, ".json"):
+        stem = posixpath.basename(uri).removesuffix(".json")
+        if stem.isdigit():
+            generations.append((int(stem), uri))
+    return max(generations) if generations else None
+
+
+def _holder_if_live(folder: str, now: float) -> tuple[int, dict[str, Any] | None]:
+    """The current generation and its holder, None when the lease is free."""
+    top = _top(folder)
+    if top is None:
+        return 0, None
+    generation, uri = top
+    holder = _read(uri)
+    if holder is None or storage.exists(_released_uri(uri)):
+        return generation, None
+    if float(holder.get("expires_at", 0)) < now or not _alive_here(holder):
+        return generation, None
+    return generation, holder
+
+
+def acquire(
+    folder: str,
+    flow_run_id: str | None,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    wait_seconds: float = 0.0,
+    ttl: float = TTL_SECONDS,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Lease:
+    """Take the lease on ``folder`` (one partition of one table): wait up to ``wait_seconds``
+    for a live holder to end, then refuse with ``LeaseHeldError`` naming it."""
+    deadline = clock() + wait_seconds
+    announced = False
+    while True:
+        now = clock()
+        generation, holder = _holder_if_live(folder, now)
+        if holder is None:
+            record = {
+                "owner": uuid.uuid4().hex,
+                "flow_run_id": flow_run_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_start": _process_start(os.getpid()),
+                "acquired_at": now,
+                "renewed_at": now,
+                "expires_at": now + ttl,
+                "ttl": ttl,
+            }
+            try:
+                storage.write_json(_lease_uri(folder, generation + 1), record, exclusive=True)
+            except FileExistsError:
+                continue  # another run took this generation first: look again
+            for old in range(max(1, generation - 2), generation):  # keep the last few
+                storage.remove(_lease_uri(folder, old))
+                storage.remove(_released_uri(_lease_uri(folder, old)))
+            lease = Lease(folder, generation + 1, record, log)
+            lease.start_renewing()
+            return lease
+        if now >= deadline:
+            raise LeaseHeldError(
+                f"{folder} is being written by {describe(holder)}; its lease runs until "
+                f"{time.strftime('%H:%M:%S UTC', time.gmtime(float(holder['expires_at'])))} "
+                "unless renewed. Wait for that run to end, or give this run "
+                "lease_wait_seconds to wait for it."
+            )
+        if not announced:
+            log.info(
+                "Waiting up to %.0f s for %s to release %s", wait_seconds, describe(holder), folder
+            )
+            announced = True
+        sleep(min(2.0, max(0.05, deadline - now)))
+
+
+def release_for_run(leases_root: str, flow_run_id: str) -> list[str]:
+    """Release every lease under ``leases_root`` that ``flow_run_id`` holds (the cancel and
+    crash hooks: they run in another process than the flow's)."""
+    released = []
+    for uri in storage.list_files(leases_root, ".json"):
+        holder = _read(uri)
+        if holder and holder.get("flow_run_id") == flow_run_id:
+            top = _top(uri.rsplit("/", 1)[0])
+            if top is not None and top[1] == uri and not storage.exists(_released_uri(uri)):
+                storage.write_bytes(_released_uri(uri), b"")
+                released.append(uri)
+    return released
+
+
+@contextmanager
+def holding_partition(params: EnrichParams, partition: str) -> Iterator[Lease]:
+    """The flow's lease on (output, partition), released when the block ends; a killed run's
+    lease is freed by its death (same host), its hooks, or its expiry."""
+    from prefect.logging import get_run_logger
+    from prefect.runtime import flow_run
+
+    log = get_run_logger()
+    lease = acquire(
+        layout.lease_folder(params, partition),
+        flow_run.get_id(),
+        log,
+        wait_seconds=params.lease_wait_seconds,
+    )
+    log.info("Holding the lease on %s partition=%s (%s)", params.output, partition, lease.uri)
+    try:
+        yield lease
+    finally:
+        lease.release()
