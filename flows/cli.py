@@ -67,6 +67,13 @@ def run(
     price_table: Annotated[
         str | None, typer.Option(help="Price table JSON; default schemas/prices.json.")
     ] = None,
+    lease_wait_seconds: Annotated[
+        float,
+        typer.Option(
+            help="When another run is writing the same output partition: seconds to wait for "
+            "it before refusing (0: refuse at once)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Run the enrich flow once, in this process (Prefect's local API unless one is set)."""
     from pydantic import ValidationError
@@ -91,6 +98,7 @@ def run(
             dry_run=dry_run,
             max_cost_usd=max_cost_usd,
             price_table=price_table,
+            lease_wait_seconds=lease_wait_seconds,
             options=KindOptions(
                 model=model,
                 labels=[x.strip() for x in labels.split(",")] if labels else [],
@@ -102,10 +110,11 @@ def run(
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     from tasks.cost import BudgetExceededError
+    from tasks.lease import LeaseHeldError
 
     try:
         summary = enrich(params)
-    except BudgetExceededError as exc:
+    except (BudgetExceededError, LeaseHeldError) as exc:
         typer.echo(f"Refused: {exc}", err=True)
         raise typer.Exit(2) from exc
     if summary.dry_run:

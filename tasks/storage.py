@@ -118,9 +118,15 @@ def open_write(uri: str, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
         try:
             yield handle
         except BaseException:
-            handle.discard()
+            handle.discard()  # aborts the multipart upload; nothing appears at the key
+            handle.closed = True  # so that garbage collection does not try to complete it
             raise
-        handle.close()
+        try:
+            handle.close()
+        except OSError as exc:  # S3 answers 412 Precondition Failed to If-None-Match
+            if exclusive and fs.exists(path):
+                raise FileExistsError(f"{uri} already exists") from exc
+            raise
         return
     temporary = _temporary(path)
     try:

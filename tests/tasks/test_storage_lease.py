@@ -1,0 +1,193 @@
+"""Whole-or-nothing writes (local and a real S3 server) and the partition lease."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tasks import lease, storage
+from tests.seaweed import BUCKET, SeaweedS3
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedS3) -> Iterator[str]:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    storage._s3.cache_clear()
+    yield f"s3://{BUCKET}/trust-{uuid.uuid4().hex[:8]}"
+    storage._s3.cache_clear()
+
+
+class WriterDiedError(RuntimeError):
+    pass
+
+
+def _fail_midway(uri: str) -> None:
+    with pytest.raises(WriterDiedError), storage.open_write(uri) as sink:
+        sink.write(b"x" * (6 * 1024 * 1024))  # past s3fs's 5 MiB block: a multipart upload
+        sink.write(b"y" * 1024)
+        raise WriterDiedError
+
+
+def test_a_failed_local_write_leaves_neither_object_nor_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "file.bin"
+    _fail_midway(str(target))
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir()] == []
+
+
+def test_a_failed_local_write_keeps_the_previous_object(tmp_path: Path) -> None:
+    target = tmp_path / "file.json"
+    storage.write_json(str(target), {"v": 1})
+    _fail_midway(str(target))
+    assert storage.read_json(str(target)) == {"v": 1}
+
+
+def test_a_failed_s3_write_uploads_nothing(s3: str) -> None:
+    """fsspec completes a multipart upload on the way out of ``with`` even on an exception
+    (fsspec/s3fs#154): without the abort, a truncated object would be left at the key."""
+    uri = f"{s3}/partial.bin"
+    _fail_midway(uri)
+    assert not storage.exists(uri)
+    storage.write_parquet(pa.table({"a": [1, 2, 3]}), f"{s3}/whole.parquet")
+    assert storage.parquet_rows(f"{s3}/whole.parquet") == 3
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_exclusive_create_refuses_an_existing_object(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    base = request.getfixturevalue("s3") if where == "s3" else str(tmp_path)
+    uri = f"{base}/lease.json"
+    storage.write_json(uri, {"owner": "first"}, exclusive=True)
+    with pytest.raises(FileExistsError):
+        storage.write_json(uri, {"owner": "second"}, exclusive=True)
+    assert storage.read_json(uri) == {"owner": "first"}
+
+
+def test_moving_a_missing_source_says_file_not_found(tmp_path: Path) -> None:
+    """A lost race (another run promoted the file first) must read as such, not as a
+    cross-filesystem error."""
+    with pytest.raises(FileNotFoundError):
+        storage.move_into_place(str(tmp_path / "gone.parquet"), str(tmp_path / "there.parquet"))
+
+
+def test_parquet_rows_tells_a_truncated_file(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t.parquet")
+    storage.write_parquet(pa.table({"a": list(range(100))}), uri)
+    assert storage.parquet_rows(uri) == 100
+    data = Path(uri).read_bytes()
+    Path(uri).write_bytes(data[: len(data) // 2])
+    assert storage.parquet_rows(uri) is None
+    assert storage.parquet_rows(str(tmp_path / "missing.parquet")) is None
+
+
+# The lease ------------------------------------------------------------------------------
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, *args: object) -> None:
+        self.lines.append(msg % args)
+
+    warning = error = info
+
+
+def test_a_second_run_is_refused_with_the_holders_name(tmp_path: Path) -> None:
+    folder = str(tmp_path / "leases" / "partition=p")
+    first = lease.acquire(folder, "run-one", _Log())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(lease.LeaseHeldError) as refused:
+            lease.acquire(folder, "run-two", _Log())  # type: ignore[arg-type]
+        message = str(refused.value)
+        assert "flow run run-one" in message and f"pid {os.getpid()}" in message
+        assert "lease_wait_seconds" in message
+    finally:
+        first.release()
+    second = lease.acquire(folder, "run-two", _Log())  # type: ignore[arg-type]
+    second.check()
+    second.release()
+
+
+def test_a_waiting_run_takes_the_lease_when_the_holder_releases(tmp_path: Path) -> None:
+    folder = str(tmp_path / "l")
+    first = lease.acquire(folder, "a", _Log())  # type: ignore[arg-type]
+    timer = threading.Timer(0.5, first.release)
+    timer.start()
+    second = lease.acquire(folder, "b", _Log(), wait_seconds=30)  # type: ignore[arg-type]
+    timer.join()
+    assert second.generation == first.generation + 1
+    second.release()
+
+
+def test_a_killed_holder_on_this_host_frees_the_partition_at_once(tmp_path: Path) -> None:
+    """A SIGKILLed run leaves its lease object behind; its dead pid frees it (no expiry wait)."""
+    folder = str(tmp_path / "l")
+    script = (
+        "import os, signal, sys; from tasks import lease; "
+        "lease.acquire(sys.argv[1], 'killed-run', __import__('logging').getLogger()); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, folder],
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9
+    taken = lease.acquire(folder, "next", _Log())  # type: ignore[arg-type]
+    assert taken.generation == 2
+    taken.release()
+
+
+def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(tmp_path: Path) -> None:
+    folder = str(tmp_path / "l")
+    now = [1000.0]
+    first = lease.acquire(folder, "slow", _Log(), ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    first._stop.set()  # a paused holder: no renewal
+    now[0] += 11
+    second = lease.acquire(folder, "next", _Log(), clock=lambda: now[0])  # type: ignore[arg-type]
+    with pytest.raises(lease.LeaseLostError, match="taken over by flow run next"):
+        first.check()
+    second.release()
+
+
+def test_of_runs_racing_for_a_free_partition_exactly_one_wins(tmp_path: Path) -> None:
+    folder = str(tmp_path / "l")
+    won: list[lease.Lease] = []
+    refused: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def race(name: str) -> None:
+        barrier.wait()
+        try:
+            won.append(lease.acquire(folder, name, _Log()))  # type: ignore[arg-type]
+        except lease.LeaseHeldError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=race, args=(f"r{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(won) == 1 and len(refused) == 5
+    won[0].release()
+
+
+def test_the_hooks_release_a_cancelled_runs_lease(tmp_path: Path) -> None:
+    root = str(tmp_path / "leases")
+    held = lease.acquire(f"{root}/partition=p", "cancelled-run", _Log())  # type: ignore[arg-type]
+    held._stop.set()
+    assert lease.release_for_run(root, "other-run") == []
+    assert len(lease.release_for_run(root, "cancelled-run")) == 1
+    lease.acquire(f"{root}/partition=p", "next", _Log()).release()  # type: ignore[arg-type]
