@@ -9,6 +9,9 @@ VENV_STAMP := .venv/.synced-lock
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON_DOWNLOADS := never
+# The temporary Prefect server of `enrich run` and the demo takes ~10-20 s to start on a busy
+# 2-core machine; the default 20 s timeout is too tight there.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
 .PHONY: install test lint typecheck pytest demo lock bench clean
 
