@@ -4,10 +4,10 @@ loopback, the deployments applied from prefect.yaml with `prefect deploy --all`,
 no MISTRAL_API_KEY), and the emulator as Mistral. The last tests stop the worker and run the same
 deployments with `enrich serve`.
 
-Schedules are tested through the server's scheduler service, the only part of Prefect that turns a
-schedule into runs (creating a deployment does not): a library upgrade that breaks it (SQLAlchemy
-2.1 with Prefect 3.8.8) leaves nightly deployments that never run, while every run triggered
-through the API still works."""
+Schedules are tested through the server's scheduler service, the only part of Prefect that turns
+a schedule into runs on its own (creating a deployment does not): a library upgrade that breaks it
+(SQLAlchemy 2.1 with Prefect 3.8.8) leaves nightly deployments that never run, while every run
+triggered through the API still works."""
 
 from __future__ import annotations
 
@@ -485,14 +485,21 @@ def test_a_due_schedule_is_run_by_enrich_serve(stack: Stack, served: ChildServic
     assert stack.runs_of(run["deployment_id"], "SCHEDULED") == []
 
 
-def tracebacks(lines: list[str]) -> list[str]:
-    """Each traceback of a log, told in one line: the log line before it, then its exception."""
-    told = []
+# Prefect's worker-channel heartbeat reads, then writes, in a DEFERRED SQLite transaction: a write
+# committed by anyone in between makes SQLite refuse it at once. The server logs it, closes the
+# channel and the worker reconnects; it happens now and then on a busy machine, scheduler or not.
+TRANSIENT = ("Worker channel heartbeat persistence failed", "database is locked")
+
+
+def tracebacks(lines: list[str]) -> dict[int, str]:
+    """Each traceback of a log by its first line, told in one line: the log line before it, then
+    the first exception it names."""
+    told = {}
     for i, line in enumerate(lines):
         if not line.startswith("Traceback") or (i > 1 and "above exception" in lines[i - 2]):
             continue
         ends = (s for s in lines[i + 1 :] if s.strip() and not s[0].isspace())
-        told.append(f"{lines[i - 1].strip() if i else ''} -> {next(ends, '').strip()}")
+        told[i] = f"{lines[i - 1].strip() if i else ''} -> {next(ends, '').strip()}"
     return told
 
 
@@ -500,9 +507,18 @@ def test_the_server_logged_no_traceback(stack: Stack) -> None:
     """Last of the module: the scheduler and the other services only log their errors (SQLAlchemy
     2.1 made the scheduler fail every loop while the API kept answering), so read the log."""
     lines = stack.server.output
-    found = tracebacks(lines)
+    found = {
+        i: told
+        for i, told in tracebacks(lines).items()
+        if not all(part in told for part in TRANSIENT)
+    }
     errors = [line for line in lines if "InvalidRequestError" in line]
-    first = next((i for i, line in enumerate(lines) if line.startswith("Traceback")), 0)
+    first = min(found, default=0)
     assert not found and not errors, "\n".join(
-        [*found, *errors, "", "The first in full:", "".join(lines[max(0, first - 2) : first + 80])]
+        [
+            *list(found.values())[:20],
+            *errors[:3],
+            "The first in full:",
+            "".join(lines[max(0, first - 1) : first + 80]),
+        ]
     )
