@@ -120,18 +120,37 @@ def _recorded_job(api: MistralGateway, record_uri: str, key: str) -> JobStatus |
 
 
 def _upload(
-    api: MistralGateway, shard: ShardRef, plan: PlanRef, intent: dict[str, Any] | None
+    api: MistralGateway,
+    shard: ShardRef,
+    plan: PlanRef,
+    intent: dict[str, Any],
+    intent_uri: str,
 ) -> str:
-    """The request file's id on Mistral: the one a killed attempt uploaded, if it still exists."""
-    if intent and intent.get("file_id") and api.file_exists(str(intent["file_id"])):
+    """The request file's id on Mistral. A killed attempt's upload is reused, never left behind:
+    by the id it recorded, or, killed before it could record it, by the file's name (which
+    carries the content hash)."""
+    name = (
+        f"enrich-{plan.run_key}-{shard.shard:05d}-{shard.attempt}-{shard.content_hash[:12]}.jsonl"
+    )
+    if intent.get("file_id") and api.file_exists(str(intent["file_id"])):
         return str(intent["file_id"])
-    name = f"enrich-{plan.run_key}-{shard.shard:05d}-{shard.attempt}.jsonl"
+    if intent.get("file_name") == name:
+        found = api.find_uploads(name)
+        for extra in found[1:]:
+            with suppress(ApiError):
+                api.delete_file(extra)
+        if found:
+            storage.write_json(intent_uri, intent | {"file_id": found[0]})
+            return found[0]
+    intent |= {"file_name": name, "file_id": None}
+    storage.write_json(intent_uri, intent)
     with tempfile.TemporaryDirectory() as tmp:
         local = storage.local_path(shard.requests_uri) or storage.copy_to_local(
             shard.requests_uri, Path(tmp, name)
         )
         file_id = api.upload(local, name)
     failpoint("upload")
+    storage.write_json(intent_uri, intent | {"file_id": file_id})
     return file_id
 
 
@@ -192,12 +211,14 @@ def submit(
     folder = attempt_dir(plan, shard.shard, shard.attempt)
     record_uri = storage.join(folder, "job.json")
     intent_uri = storage.join(folder, "create-intent.json")
-    intent = storage.read_json(intent_uri) if storage.exists(intent_uri) else None
-    if intent is not None and intent.get("key") != key:
-        intent = None
+    intent: dict[str, Any] = storage.read_json(intent_uri) if storage.exists(intent_uri) else {}
+    if intent.get("key") != key:
+        intent = {"key": key}
     job, expired = _recorded_job(api, record_uri, key), list[str]()
     if job is None:
-        settle = float(intent["at"]) + api.settings.listing_lag_seconds if intent else None
+        # A killed attempt that had begun a creation: its job may show in the listing late.
+        began = intent.get("create_at")
+        settle = float(began) + api.settings.listing_lag_seconds if began else None
         job, expired = find_job(api, key, params, settle)
     if expired:
         log.warning(
@@ -209,8 +230,8 @@ def submit(
         )
     reattached = job is not None
     if job is None:
-        file_id = _upload(api, shard, plan, intent)
-        storage.write_json(intent_uri, {"key": key, "file_id": file_id, "at": time.time()})
+        file_id = _upload(api, shard, plan, intent, intent_uri)
+        storage.write_json(intent_uri, intent | {"file_id": file_id, "create_at": time.time()})
         metadata = job_metadata(
             key,
             enrich_run=plan.run_key,

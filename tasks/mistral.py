@@ -253,6 +253,23 @@ class MistralGateway:
             if str(j.status) in ACTIVE_STATUSES and (j.metadata or {}).get(PROJECT_KEY) == PROJECT
         ]
 
+    def find_uploads(self, name: str) -> list[str]:
+        """Ids of batch files named exactly ``name``, newest first (the service's search is a
+        speed-up; every name is checked here)."""
+        found: list[models.FileSchema] = []
+        try:
+            for page in range(MAX_PAGES):
+                listed = self._client.files.list(
+                    page=page, page_size=PAGE_SIZE, search=name, purpose="batch"
+                )
+                found.extend(listed.data)
+                if len(listed.data) < PAGE_SIZE:
+                    break
+        except Exception as exc:
+            raise _explain(exc, f"Listing files named {name}") from exc
+        named = [f for f in found if f.filename == name and str(f.purpose) == "batch"]
+        return [f.id for f in sorted(named, key=lambda f: f.created_at, reverse=True)]
+
     def file_exists(self, file_id: str) -> bool:
         try:
             self._client.files.retrieve(file_id=file_id)

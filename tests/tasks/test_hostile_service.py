@@ -49,6 +49,11 @@ def emulator_files(emu: EmulatorProcess) -> list[dict[str, Any]]:
     return files
 
 
+def requests_files(emu: EmulatorProcess) -> list[dict[str, Any]]:
+    """The request files this client uploaded (not the jobs' output files)."""
+    return [f for f in emulator_files(emu) if f["filename"].startswith("enrich-")]
+
+
 def ours(emu: EmulatorProcess) -> list[dict[str, Any]]:
     """Jobs this client created (the emulator's foreign jobs have no request content)."""
     return [
@@ -188,7 +193,8 @@ def test_a_rerun_after_a_kill_mid_create_waits_for_a_lagging_listing(
     storage.remove(storage.join(folder, "job.json"))  # killed before the record was written
     assert storage.exists(storage.join(folder, "create-intent.json"))
     intent = storage.read_json(storage.join(folder, "create-intent.json"))
-    storage.write_json(storage.join(folder, "create-intent.json"), intent | {"at": time.time()})
+    fresh = intent | {"create_at": time.time()}
+    storage.write_json(storage.join(folder, "create-intent.json"), fresh)
     again = submit(api, shard, planned, params)
     assert again.reattached and again.job_id == first.job_id
     assert len(ours(emu)) == 1
@@ -201,7 +207,7 @@ def test_a_refused_create_deletes_the_file_it_uploaded(
     emu = start_emulator({"http": [{"route": "POST /v1/batch/jobs", "status": 400}]})
     with pytest.raises(TerminalApiError, match="HTTP 400"):
         submit(gateway(monkeypatch, emu), shard, planned, params)
-    assert [f for f in emulator_files(emu) if f["purpose"] == "batch"] == []
+    assert requests_files(emu) == []
 
 
 def test_expired_results_are_sent_again_never_stuck(
@@ -268,3 +274,30 @@ def test_collected_results_are_reused_only_when_whole(
     results = Path(first.results_uri)
     results.write_bytes(results.read_bytes()[:100])
     assert collect(api, outcome, shard, planned, params).expired
+
+
+def test_a_run_killed_right_after_its_upload_leaves_no_orphan_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
+) -> None:
+    """The killed attempt uploaded the file but never recorded its id: the rerun finds it by
+    name (the name carries the content hash) and the job uses it; nothing is left unused."""
+    params, planned, shard = one_shard(tmp_path)
+    emu = start_emulator(None)
+    api = gateway(monkeypatch, emu)
+
+    class KilledError(RuntimeError):
+        pass
+
+    def die(name: str) -> None:
+        if name == "upload":
+            raise KilledError
+
+    with monkeypatch.context() as patched:
+        patched.setattr("tasks.batch.failpoint", die)
+        with pytest.raises(KilledError):
+            submit(api, shard, planned, params)
+    uploaded = requests_files(emu)
+    assert len(uploaded) == 1 and uploaded[0]["used_by"] == []
+    ref = submit(api, shard, planned, params)
+    files = requests_files(emu)
+    assert [(f["id"], f["used_by"]) for f in files] == [(uploaded[0]["id"], [ref.job_id])]
