@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -67,6 +68,10 @@ def run(
     price_table: Annotated[
         str | None, typer.Option(help="Price table JSON; default schemas/prices.json.")
     ] = None,
+    summary_json: Annotated[
+        Path | None,
+        typer.Option(help="Also write the run summary (counts, cost, seconds per step) here."),
+    ] = None,
     lease_wait_seconds: Annotated[
         float,
         typer.Option(
@@ -117,6 +122,8 @@ def run(
     except (BudgetExceededError, LeaseHeldError) as exc:
         typer.echo(f"Refused: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if summary_json is not None:
+        summary_json.write_text(summary.model_dump_json(indent=2))
     if summary.dry_run:
         typer.echo("Dry run: nothing was uploaded, submitted or published.")
         return

@@ -4,7 +4,6 @@ collect (→ retry) → write (staging) → validate → publish or quarantine �
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 from prefect import flow, unmapped
@@ -29,13 +28,17 @@ from tasks.plan import check_input_locations, plan_input
 from tasks.publish import publish_partition, quarantine_run, repair_partition
 from tasks.quota import holding, reserve_quota, waves
 from tasks.requests import build_requests, build_retry_requests
-from tasks.summary import publish_summary, summarize
+from tasks.summary import StepClock, publish_summary, summarize
 from tasks.validate import validate_run
 from tasks.write import write_shard_task
 
 
 def _run_jobs(
-    shards: list[ShardRef], plan: PlanRef, params: EnrichParams, quota: tuple[str, int]
+    shards: list[ShardRef],
+    plan: PlanRef,
+    params: EnrichParams,
+    quota: tuple[str, int],
+    clock: StepClock,
 ) -> tuple[list[JobRef], list[CollectRef]]:
     """Submit shards, a quota-sized wave at a time: each wave holds slots of the pending-requests
     limit equal to its requests from before its jobs exist until they are over."""
@@ -45,9 +48,12 @@ def _run_jobs(
     for wave in waves(shards, capacity):
         with holding(name, sum(s.requests for s in wave)):
             submitted = submit_shard.map(wave, unmapped(plan), unmapped(params)).result()
+            clock.lap("submit")
             outcomes = wait_for_jobs(submitted, params, plan.partition)
+            clock.lap("wait")
         jobs += submitted
         collected += collect_job.map(outcomes, wave, unmapped(plan), unmapped(params)).result()
+        clock.lap("collect")
     return jobs, collected
 
 
@@ -78,7 +84,7 @@ def _budget_after(
 )
 def enrich(params: EnrichParams) -> RunSummary:
     """Enrich a Parquet dataset through Mistral batch jobs; see the README for the contract."""
-    started = time.monotonic()
+    clock = StepClock()
     enriched_at = datetime.now(UTC)
     partition = params.partition_value(enriched_at)
     check_input_locations(params)
@@ -86,25 +92,29 @@ def enrich(params: EnrichParams) -> RunSummary:
         check_credentials()
     with holding_partition(params, partition) as lease:  # one writer per table partition
         repair_partition(params, partition)
-        return _enrich(params, partition, enriched_at, started, lease)
+        clock.lap("lease")
+        summary = _enrich(params, partition, enriched_at, clock, lease)
+    get_run_logger().info("Seconds per step: %s", clock.describe())
+    return summary.model_copy(update={"step_seconds": clock.seconds})
 
 
 def _enrich(
-    params: EnrichParams, partition: str, enriched_at: datetime, started: float, lease: Lease
+    params: EnrichParams, partition: str, enriched_at: datetime, clock: StepClock, lease: Lease
 ) -> RunSummary:
     plan = plan_input(params, partition)
+    clock.lap("plan")
     built = build_requests.map(unmapped(plan), unmapped(params), range(plan.shards)).result()
     shards = [s for s in built if s is not None and s.requests]
     unsent = [collect_unsent_shard(s, plan) for s in built if s is not None and not s.requests]
     estimate = estimate_run(plan, shards, params)  # raises when over budget
+    clock.lap("build")
     if params.dry_run:
-        return summarize(
-            plan, params, [], [], [], shards, estimate, time.monotonic() - started, dry_run=True
-        )
+        return summarize(plan, params, [], [], [], shards, estimate, clock.total(), dry_run=True)
 
     fetch_cached.map(unmapped(plan), range(len(plan.cache_files))).result()
+    clock.lap("cache-fetch")
     quota = reserve_quota() if shards else ("", 0)
-    jobs, collected = _run_jobs(shards, plan, params, quota) if shards else ([], [])
+    jobs, collected = _run_jobs(shards, plan, params, quota, clock) if shards else ([], [])
     all_jobs, all_collected, all_shards = list(jobs), list(collected) + unsent, list(shards)
     spent: float | None = estimate.cost_usd
 
@@ -128,32 +138,30 @@ def _enrich(
         affordable, spent = _budget_after(params, spent, retry_shards)
         if not affordable:
             break
-        jobs, collected = _run_jobs(retry_shards, plan, params, quota)
+        jobs, collected = _run_jobs(retry_shards, plan, params, quota, clock)
         all_jobs += jobs
         all_collected += collected
         all_shards += retry_shards
 
     written = write_all(plan, params, all_collected, enriched_at)
+    clock.lap("write")
     verdict = validate_run(plan, params, written)
+    clock.lap("validate")
     summary = summarize(
-        plan,
-        params,
-        all_jobs,
-        all_collected,
-        written,
-        all_shards,
-        estimate,
-        time.monotonic() - started,
+        plan, params, all_jobs, all_collected, written, all_shards, estimate, clock.total()
     )
     publish_summary(summary, all_collected, verdict)
     if not verdict.success:
         quarantine_run(plan, params, verdict)  # raises: the run fails, nothing is published
     pending = stage_cache(plan, params, written)
+    clock.lap("cache-stage")
     lease.check()  # never publish over a run that took the partition over
     publish_partition(plan, params, written, verdict, summary.jobs)
+    clock.lap("publish")
     failpoint("promote")
     if pending:
         promote_cache(pending)
+    clock.lap("cache-promote")
     return summary
 
 

@@ -184,3 +184,4 @@ class RunSummary(_Ref):
     cost_avoided_usd: float | None = None  # what the cache hits would have cost
     cache_added: int = 0  # results added to the cache by this run
     expired_jobs: int = 0  # finished jobs whose results expired: their texts were paid again
+    step_seconds: dict[str, float] = Field(default_factory=dict)  # wall time per pipeline step

@@ -29,6 +29,7 @@ from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
 from tasks import events, layout, storage
 from tasks.failpoints import failpoint
+from tasks.memory import shard_in_memory
 from tasks.mistral import (
     TERMINAL_STATUSES,
     AmbiguousCreateError,
@@ -547,7 +548,8 @@ def collect_job(
     outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:
     """Retried by Prefect on failure: it only downloads and parses, it never pays."""
-    ref = collect(gateway(), outcome, shard, plan, params)
+    with shard_in_memory():
+        ref = collect(gateway(), outcome, shard, plan, params)
     get_run_logger().info(
         "Collected job %s (%s): %d texts ok, %d transient and %d terminal failures, "
         "%d lines missing, %d duplicated",

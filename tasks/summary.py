@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
@@ -18,6 +20,25 @@ from schemas.refs import (
 )
 from schemas.tables import REJECT_REASONS
 from tasks import cost
+
+
+class StepClock:
+    """Wall seconds per pipeline step: ``lap(step)`` charges the time since the last lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started = self._last = time.monotonic()
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        return time.monotonic() - self._started
+
+    def describe(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f}" for step, seconds in self.seconds.items())
 
 
 def summarize(

@@ -18,6 +18,7 @@ from schemas.refs import CollectRef, PlanRef, WriteRef
 from schemas.tables import REJECTED
 from tasks import cache, storage
 from tasks.failpoints import failpoint
+from tasks.memory import shard_in_memory
 from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.validate import derive
 
@@ -210,4 +211,5 @@ def write_shard_task(
     collected: list[CollectRef],
     enriched_at: datetime,
 ) -> WriteRef:
-    return write_shard(plan, params, shard, collected, enriched_at)
+    with shard_in_memory():
+        return write_shard(plan, params, shard, collected, enriched_at)
