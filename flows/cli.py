@@ -68,6 +68,10 @@ def run(
     price_table: Annotated[
         str | None, typer.Option(help="Price table JSON; default schemas/prices.json.")
     ] = None,
+    keep_staging: Annotated[
+        bool,
+        typer.Option("--keep-staging", help="Keep staged rows, requests and results (debugging)."),
+    ] = False,
     summary_json: Annotated[
         Path | None,
         typer.Option(help="Also write the run summary (counts, cost, seconds per step) here."),
@@ -104,6 +108,7 @@ def run(
             max_cost_usd=max_cost_usd,
             price_table=price_table,
             lease_wait_seconds=lease_wait_seconds,
+            keep_staging=keep_staging,
             options=KindOptions(
                 model=model,
                 labels=[x.strip() for x in labels.split(",")] if labels else [],

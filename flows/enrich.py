@@ -25,7 +25,12 @@ from tasks.cost import estimate_run
 from tasks.failpoints import failpoint
 from tasks.lease import Lease, holding_partition
 from tasks.plan import check_input_locations, plan_input
-from tasks.publish import publish_partition, quarantine_run, repair_partition
+from tasks.publish import (
+    clean_staging_task,
+    publish_partition,
+    quarantine_run,
+    repair_partition,
+)
 from tasks.quota import holding, reserve_quota, waves
 from tasks.requests import build_requests, build_retry_requests
 from tasks.summary import StepClock, publish_summary, summarize
@@ -162,6 +167,8 @@ def _enrich(
     if pending:
         promote_cache(pending)
     clock.lap("cache-promote")
+    if not params.keep_staging:
+        clean_staging_task(plan)
     return summary
 
 

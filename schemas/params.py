@@ -150,6 +150,11 @@ class EnrichParams(BaseModel):
         description="When the flow run is cancelled: cancel its Mistral jobs, or detach "
         "(leave them running for a later run to reattach).",
     )
+    keep_staging: bool = Field(
+        default=False,
+        description="Keep the staged rows, request files and results after publishing (for "
+        "debugging); by default only job records and the validation result stay.",
+    )
     lease_wait_seconds: Annotated[float, Field(ge=0, le=86_400)] = Field(
         default=0.0,
         description="When another run is writing the same output partition: seconds to wait "

@@ -82,6 +82,7 @@ class JobOutcome(_Ref):
     succeeded: int
     failed: int
     errors: list[str] = Field(default_factory=list)
+    input_files: list[str] = Field(default_factory=list)  # deleted from Mistral once collected
 
 
 class CollectRef(_Ref):

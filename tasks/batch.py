@@ -522,6 +522,7 @@ def wait_for_jobs(jobs: list[JobRef], params: EnrichParams, partition: str) -> l
             succeeded=final[j.job_id].succeeded,
             failed=final[j.job_id].failed,
             errors=list(final[j.job_id].errors),
+            input_files=list(final[j.job_id].input_files),
         )
         for j in jobs
     ]
@@ -548,8 +549,14 @@ def collect_job(
     outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:
     """Retried by Prefect on failure: it only downloads and parses, it never pays."""
+    api = gateway()
     with shard_in_memory():
-        ref = collect(gateway(), outcome, shard, plan, params)
+        ref = collect(api, outcome, shard, plan, params)
+    for file_id in outcome.input_files:  # the job is over: its request file is no longer needed
+        try:
+            api.delete_file(file_id)
+        except ApiError as exc:
+            get_run_logger().warning("Could not delete request file %s: %s", file_id, exc)
     get_run_logger().info(
         "Collected job %s (%s): %d texts ok, %d transient and %d terminal failures, "
         "%d lines missing, %d duplicated",

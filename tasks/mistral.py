@@ -98,6 +98,7 @@ class JobStatus:
     output_file: str | None
     error_file: str | None
     errors: tuple[str, ...]
+    input_files: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, job: models.BatchJob) -> JobStatus:
@@ -111,6 +112,7 @@ class JobStatus:
             output_file=job.output_file if isinstance(job.output_file, str) else None,
             error_file=job.error_file if isinstance(job.error_file, str) else None,
             errors=tuple(e.message for e in job.errors),
+            input_files=tuple(job.input_files or ()),
         )
 
 

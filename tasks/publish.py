@@ -15,6 +15,7 @@ of the partition (``repair``) completes the publish from the footer before doing
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -271,6 +272,33 @@ def publish_partition(
         {"rows": ref.rows, "data_uri": ref.data_uri, "manifest_uri": ref.manifest_uri},
     )
     return ref
+
+
+# What a published run's staging keeps: the job records (which job answered which shard) and the
+# validation result its manifest names. Rows, requests, results and staged outputs go.
+KEPT_IN_STAGING = ("job.json", "create-intent.json", "validation.json")
+
+
+def clean_staging(staging: str) -> int:
+    """Remove the bulky part of a published run's staging; returns the files removed."""
+    removed = 0
+    for uri in storage.list_files(staging):
+        if posixpath.basename(storage.filesystem(uri)[1]) not in KEPT_IN_STAGING:
+            storage.remove(uri)
+            removed += 1
+    return removed
+
+
+@task(name="clean-staging")
+def clean_staging_task(plan: PlanRef) -> int:
+    removed = clean_staging(plan.staging)
+    get_run_logger().info(
+        "Removed %d staged file(s) of the published run from %s (job records and the "
+        "validation result are kept; keep_staging keeps everything)",
+        removed,
+        plan.staging,
+    )
+    return removed
 
 
 @task(name="repair")
