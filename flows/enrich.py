@@ -164,10 +164,10 @@ def _enrich(
     publish_partition(plan, params, written, verdict, summary.jobs)
     clock.lap("publish")
     failpoint("promote")
-    if pending:
+    if pending and lease.held():  # else the next lookup promotes it
         promote_cache(pending)
     clock.lap("cache-promote")
-    if not params.keep_staging:
+    if not params.keep_staging and lease.held():  # else staging may be another run's now
         clean_staging_task(plan)
     return summary
 

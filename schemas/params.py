@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
@@ -51,6 +52,7 @@ class OnCancel(StrEnum):
 
 
 MAX_PARTITION_LENGTH = 128
+PARTITION_PATTERN = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
 DEFAULT_INSTRUCTIONS = (
     "Classify the user's text. Answer with the single label from the allowed set that fits best."
@@ -175,14 +177,12 @@ class EnrichParams(BaseModel):
             raise ValueError(
                 f"partition must be 1 to {MAX_PARTITION_LENGTH} characters (got {len(value)})"
             )
-        bad = [c for c in ("/", "\\", "=") if c in value]
-        if bad or value in (".", "..") or ".." in value:
+        if not PARTITION_PATTERN.fullmatch(value) or ".." in value:
             raise ValueError(
-                f"partition {value!r} may not contain '/', '\\', '=' or '..': it names a folder "
-                "inside the table, e.g. 2026-11-22 or eu_west"
+                f"partition {value!r} must be a plain name: letters, digits, '.', '_', '+' and "
+                "'-', not starting with '.' and without '..' (no '/', '\\', '=', wildcards or "
+                "control characters: it names a folder inside the table), e.g. 2026-11-22"
             )
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValueError(f"partition {value!r} contains a control character")
         return value
 
     @model_validator(mode="after")

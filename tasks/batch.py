@@ -107,7 +107,8 @@ def find_job(
 
 
 def _recorded_job(api: MistralGateway, record_uri: str, key: str) -> JobStatus | None:
-    """The job staging recorded for this attempt, read by id (no listing involved)."""
+    """The job staging recorded for this attempt, read by id (no listing involved); usable
+    while it runs, while its results can be downloaded, or when they were collected whole."""
     if not storage.exists(record_uri):
         return None
     record = storage.read_json(record_uri)
@@ -117,7 +118,11 @@ def _recorded_job(api: MistralGateway, record_uri: str, key: str) -> JobStatus |
         job = api.job(str(record["job_id"]))
     except NotFoundApiError:
         return None
-    return job if usable(api, job) else None
+    collected = record_uri.rsplit("/", 1)[0] + "/collected.json"
+    staged = staged_collect(collected, job.id)
+    if usable(api, job) or (staged is not None and not staged.expired):
+        return job
+    return None
 
 
 def _upload(
@@ -162,10 +167,15 @@ def _create(
     metadata: dict[str, str],
     params: EnrichParams,
     log: Logger,
+    began: Callable[[], None],
 ) -> JobStatus:
     """Create the job, never twice: after an ambiguous failure, look the key up (allowing for a
-    listing that lags) before trying again. A refused create deletes the uploaded file."""
+    listing that lags) before trying again. ``began`` records each attempt's time first (a run
+    killed mid-create waits for the listing from then). A create refused before any ambiguous
+    attempt deletes the uploaded file: no job can use it."""
+    ambiguous = False
     for _ in range(CREATE_ATTEMPTS):
+        began()
         try:
             return JobStatus.of(
                 api.create_job(
@@ -177,14 +187,22 @@ def _create(
                 )
             )
         except AmbiguousCreateError as exc:
+            ambiguous = True
             log.warning("%s", exc)
             found, _ = find_job(api, key, params, time.time() + api.settings.listing_lag_seconds)
             if found is not None:
                 return found
-        except ApiError:
-            with suppress(ApiError):  # no job uses it; a failed delete only leaves a file
-                api.delete_file(file_id)
-            raise
+        except ApiError as exc:
+            if not ambiguous:  # else a job created by an earlier attempt may use the file
+                try:
+                    api.delete_file(file_id)
+                except ApiError as gone:
+                    log.warning("Could not delete the unused request file %s: %s", file_id, gone)
+            raise type(exc)(
+                f"{exc} (batch job for key {key}, request file {file_id}"
+                f"{'' if ambiguous else ', now deleted'}). Nothing was created for this shard: "
+                "fix the cause and run the flow again."
+            ) from exc
     raise TransientApiError(
         f"creating the batch job for file {file_id} (key {key}) failed {CREATE_ATTEMPTS} times "
         "without an answer, and no job with that key showed in the listing within "
@@ -232,7 +250,6 @@ def submit(
     reattached = job is not None
     if job is None:
         file_id = _upload(api, shard, plan, intent, intent_uri)
-        storage.write_json(intent_uri, intent | {"file_id": file_id, "create_at": time.time()})
         metadata = job_metadata(
             key,
             enrich_run=plan.run_key,
@@ -244,7 +261,11 @@ def submit(
             enrich_partition=plan.partition,
             **({"enrich_flow_run": flow_run_id} if flow_run_id else {}),
         )
-        job = _create(api, key, file_id, metadata, params, log)
+
+        def began() -> None:
+            storage.write_json(intent_uri, intent | {"file_id": file_id, "create_at": time.time()})
+
+        job = _create(api, key, file_id, metadata, params, log, began)
         failpoint("create")
     ref = JobRef(
         shard=shard.shard,

@@ -27,6 +27,7 @@ import math
 import posixpath
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -275,14 +276,13 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def promote(pending: str) -> str:
     """Make a run's pending additions part of the cache (one rename or one S3 object). A
-    promotion another run already did (a lookup promotes every pending file) is a no-op."""
+    promotion another run already did (a lookup promotes every pending file) is a no-op: the
+    run published, so failing it now would only raise a false alarm."""
     location = posixpath.dirname(posixpath.dirname(pending))
     target = storage.join(location, posixpath.basename(pending))
-    try:
+    # FileNotFoundError: another run's lookup promoted it (a compaction may have merged it since).
+    with suppress(FileNotFoundError):
         storage.move_into_place(pending, target)
-    except FileNotFoundError:
-        if not storage.exists(target):
-            raise
     return target
 
 

@@ -7,14 +7,17 @@ scans, so staging, rejected rows or a manifest inside the table would break
 ``polars.scan_parquet(output)`` or leak into it.
 
     <work>/staging/<run>/        rows, request shards, results, staged outputs, checks
-    <work>/rejected/partition=<value>/<flow run>.parquet   named by the manifest
+    <work>/rejected/partition=<value>/<flow run>-<n>.parquet   named by the manifest
     <work>/published/partition=<value>/_manifest.json
-    <work>/leases/partition=<value>/<generation>.json     one writer per partition
+    <output parent>/_enrich/_leases/<output name>/partition=<value>/<generation>.json
+                                 one writer per partition (keyed by the output, not the work root)
     <work>/quarantine/<run>/     staged data, validation result and Data Docs of a failed run
     <work>/runs/<flow run id>/   the Mistral jobs a flow run created or reattached (cancel hook)
 """
 
 from __future__ import annotations
+
+import uuid
 
 from schemas.params import EnrichParams
 from schemas.tables import PARTITION_COLUMN
@@ -46,12 +49,17 @@ def rejected_folder(params: EnrichParams, partition: str) -> str:
 
 
 def rejected_file(params: EnrichParams, partition: str, run_id: str) -> str:
-    """Run-unique: the manifest names the one that goes with the published data."""
-    return storage.join(rejected_folder(params, partition), f"{run_id}.parquet")
+    """Unique to each publish (a retry of the same flow run too): the manifest names the one
+    that goes with the published data."""
+    unique = uuid.uuid4().hex[:8]
+    return storage.join(rejected_folder(params, partition), f"{run_id}-{unique}.parquet")
 
 
 def leases(params: EnrichParams) -> str:
-    return storage.join(params.work_root(), "leases")
+    """Keyed by the output itself (not the work folder): runs that point other ``work`` folders
+    at the same table still meet on its lease."""
+    parent, _, name = params.output.rstrip("/").rpartition("/")
+    return storage.join(f"{parent}/_enrich" if parent else "_enrich", "_leases", name)
 
 
 def lease_folder(params: EnrichParams, partition: str) -> str:

@@ -50,9 +50,21 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _host_identity() -> dict[str, Any]:
+    """What makes a pid comparable: the host, its boot, and the pid namespace (containers that
+    share a host name still have pids of their own)."""
+    identity: dict[str, Any] = {"host": socket.gethostname()}
+    with suppress(OSError):
+        identity["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with suppress(OSError):
+        identity["pid_namespace"] = Path("/proc/self/ns/pid").stat().st_ino
+    return identity
+
+
 def _alive_here(holder: dict[str, Any]) -> bool:
-    """False only when the holder ran on this host and its process is gone."""
-    if holder.get("host") != socket.gethostname():
+    """False only when the holder ran in this host's pid space and its process is gone."""
+    here = _host_identity()
+    if any(holder.get(k) != v for k, v in here.items()) or len(here) < 3:
         return True
     pid = int(holder.get("pid", 0))
     if pid <= 0:
@@ -99,6 +111,12 @@ class Lease:
             except OSError as exc:  # storage hiccup: the next renewal may succeed
                 self.log.warning("Could not renew the lease %s: %s", self.uri, exc)
 
+    def _halt_renewal(self) -> None:
+        """Stop the renewal thread (tests: a holder that pauses)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
     def renew(self) -> None:
         self.check()
         now = time.time()
@@ -106,12 +124,28 @@ class Lease:
         storage.write_json(self.uri, self.record)
 
     def check(self) -> None:
-        """Raise ``LeaseLostError`` unless this run still holds the partition."""
+        """Raise ``LeaseLostError`` unless this run still holds the partition: its lease is the
+        newest, names this run, is not released, and has not expired (renewals may have
+        failed)."""
         if self.lost:
             raise LeaseLostError(self.lost)
+        if time.time() > float(self.record["expires_at"]):
+            self.lost = (
+                f"the lease {self.uri} expired: it could not be renewed for "
+                f"{self.record['ttl']:.0f} s, so another run may have taken the partition over. "
+                "This run stops without publishing; run it again."
+            )
+            raise LeaseLostError(self.lost)
         top = _top(self.folder)
-        if top is None or top[0] != self.generation or storage.exists(_released_uri(self.uri)):
-            holder = _read(_lease_uri(self.folder, top[0])) if top else None
+        current = _read(top[1]) if top else None
+        if (
+            top is None
+            or top[0] != self.generation
+            or current is None
+            or current.get("owner") != self.record["owner"]
+            or storage.exists(_released_uri(self.uri))
+        ):
+            holder = current
             by = describe(holder) if holder else "nobody"
             self.lost = (
                 f"the lease on {self.folder} was taken over by {by}; this run stops "
@@ -119,13 +153,24 @@ class Lease:
             )
             raise LeaseLostError(self.lost)
 
+    def held(self) -> bool:
+        """Whether this run still holds the partition (logged when it does not)."""
+        try:
+            self.check()
+        except LeaseLostError as exc:
+            self.log.warning("%s", exc)
+            return False
+        return True
+
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if not self.lost:
-            with suppress(OSError):
+            try:
                 storage.write_bytes(_released_uri(self.uri), b"")
+            except OSError as exc:  # the lease then frees itself when it expires
+                self.log.warning("Could not release the lease %s: %s", self.uri, exc)
 
 
 def _lease_uri(folder: str, generation: int) -> str:
@@ -187,7 +232,7 @@ def acquire(
             record = {
                 "owner": uuid.uuid4().hex,
                 "flow_run_id": flow_run_id,
-                "host": socket.gethostname(),
+                **_host_identity(),
                 "pid": os.getpid(),
                 "pid_start": _process_start(os.getpid()),
                 "acquired_at": now,
@@ -195,10 +240,14 @@ def acquire(
                 "expires_at": now + ttl,
                 "ttl": ttl,
             }
+            uri = _lease_uri(folder, generation + 1)
             try:
-                storage.write_json(_lease_uri(folder, generation + 1), record, exclusive=True)
+                storage.write_json(uri, record, exclusive=True)
             except FileExistsError:
                 continue  # another run took this generation first: look again
+            written = _read(uri)  # a store that ignored the condition would let both "win"
+            if written is None or written.get("owner") != record["owner"]:
+                continue
             for old in range(max(1, generation - 2), generation):  # keep the last few
                 storage.remove(_lease_uri(folder, old))
                 storage.remove(_released_uri(_lease_uri(folder, old)))

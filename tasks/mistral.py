@@ -164,6 +164,7 @@ class MistralGateway:
         oldest = created_after.timestamp() if created_after else None
         if created_after is not None:
             query["created_after"] = created_after
+        previous: int | None = None
         try:
             for page in range(MAX_PAGES):
                 listed = self._client.batch.jobs.list(
@@ -176,14 +177,26 @@ class MistralGateway:
                 found.extend(data)
                 if not data or len(found) >= listed.total:
                     break
-                if oldest is not None and all(j.created_at < oldest for j in data):
+                stamps = [j.created_at for j in data]
+                ordered = stamps == sorted(stamps, reverse=True) and (
+                    previous is None or stamps[0] <= previous
+                )
+                previous = stamps[-1]
+                # Older pages can be skipped only if the service really orders newest first.
+                if oldest is not None and ordered and stamps[0] < oldest:
                     break
+            else:
+                raise TransientApiError(
+                    f"{action}: more than {MAX_PAGES * PAGE_SIZE:,} jobs listed and the end not "
+                    "reached; a job of this run could be beyond them, so nothing is created. "
+                    "Run again later, or ask Mistral why the listing ignores its filters."
+                )
+        except ApiError:
+            raise
         except Exception as exc:
             raise _explain(exc, action) from exc
-        newest_first = sorted(found, key=lambda j: j.created_at, reverse=True)
-        if oldest is None:
-            return newest_first
-        return [j for j in newest_first if j.created_at >= oldest]
+        jobs = sorted(found, key=lambda j: j.created_at, reverse=True)
+        return jobs if oldest is None else [j for j in jobs if j.created_at >= oldest]
 
     def find_jobs(
         self,
@@ -265,8 +278,9 @@ class MistralGateway:
                     page=page, page_size=PAGE_SIZE, search=name, purpose="batch"
                 )
                 found.extend(listed.data)
-                if len(listed.data) < PAGE_SIZE:
-                    break
+                total = listed.total if isinstance(listed.total, int) else None
+                if not listed.data or (total is not None and len(found) >= total):
+                    break  # a short page is not the end: the service may cap its pages
         except Exception as exc:
             raise _explain(exc, f"Listing files named {name}") from exc
         named = [f for f in found if f.filename == name and str(f.purpose) == "batch"]

@@ -123,9 +123,10 @@ def open_write(uri: str, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
             raise
         try:
             handle.close()
-        except OSError as exc:  # S3 answers 412 Precondition Failed to If-None-Match
-            if exclusive and fs.exists(path):
-                raise FileExistsError(f"{uri} already exists") from exc
+        except OSError as exc:  # S3: 412 Precondition Failed, or 409 for a concurrent write
+            lost_race = "pre-condition" in str(exc).lower() or "conflict" in str(exc).lower()
+            if exclusive and (lost_race or fs.exists(path)):
+                raise FileExistsError(f"{uri} already exists (or is being created)") from exc
             raise
         return
     temporary = _temporary(path)

@@ -301,3 +301,52 @@ def test_a_run_killed_right_after_its_upload_leaves_no_orphan_file(
     ref = submit(api, shard, planned, params)
     files = requests_files(emu)
     assert [(f["id"], f["used_by"]) for f in files] == [(uploaded[0]["id"], [ref.job_id])]
+
+
+def test_a_create_refused_after_an_ambiguous_one_keeps_the_file_a_job_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
+) -> None:
+    """The first create made a job but answered 504, the listing lags past the wait, the second
+    is refused: the upload stays, since the first attempt's job uses it."""
+    params, planned, shard = one_shard(tmp_path)
+    emu = start_emulator(
+        {
+            "listing": {"lag_seconds": 60.0},
+            "http": [
+                {"route": "POST /v1/batch/jobs", "status": 504, "after_handling": True, "limit": 1},
+                {"route": "POST /v1/batch/jobs", "status": 400},
+            ],
+        }
+    )
+    with pytest.raises(TerminalApiError, match="HTTP 400"):
+        submit(gateway(monkeypatch, emu, lag=0.5), shard, planned, params)
+    [job] = ours(emu)
+    assert [f["used_by"] for f in requests_files(emu)] == [[job["id"]]]
+
+
+def test_results_collected_whole_outlive_their_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
+) -> None:
+    """A rerun after the results expired does not pay again for a job it already collected."""
+    params, planned, shard = one_shard(tmp_path)
+    emu = start_emulator({"files": {"expire_after_seconds": 4.0}})
+    api = gateway(monkeypatch, emu)
+    first = submit(api, shard, planned, params)
+    done = eventually(
+        lambda: s if (s := api.job(first.job_id)).status == "SUCCESS" else None, "the job"
+    )
+    outcome = JobOutcome(
+        shard=0,
+        attempt=0,
+        job_id=done.id,
+        status=done.status,
+        output_file=done.output_file,
+        error_file=done.error_file,
+        succeeded=done.succeeded,
+        failed=done.failed,
+    )
+    assert not collect(api, outcome, shard, planned, params).expired
+    eventually(lambda: True if not api.file_exists(str(done.output_file)) else None, "expiry")
+    again = submit(api, shard, planned, params)
+    assert again.reattached and again.job_id == first.job_id and again.expired_jobs == []
+    assert len(ours(emu)) == 1

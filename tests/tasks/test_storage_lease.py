@@ -154,9 +154,10 @@ def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(tmp_path: Path)
     folder = str(tmp_path / "l")
     now = [1000.0]
     first = lease.acquire(folder, "slow", _Log(), ttl=10, clock=lambda: now[0])  # type: ignore[arg-type]
-    first._stop.set()  # a paused holder: no renewal
+    first._halt_renewal()  # a paused holder: no renewal
     now[0] += 11
     second = lease.acquire(folder, "next", _Log(), clock=lambda: now[0])  # type: ignore[arg-type]
+    first.record["expires_at"] = 1e12  # its clock: only the takeover tells it
     with pytest.raises(lease.LeaseLostError, match="taken over by flow run next"):
         first.check()
     second.release()
@@ -184,10 +185,41 @@ def test_of_runs_racing_for_a_free_partition_exactly_one_wins(tmp_path: Path) ->
     won[0].release()
 
 
+def test_a_holder_whose_renewals_failed_stops_before_publishing(tmp_path: Path) -> None:
+    held = lease.acquire(str(tmp_path / "l"), "run", _Log(), ttl=60)  # type: ignore[arg-type]
+    held._halt_renewal()
+    held.record["expires_at"] = 0.0  # renewals failed for a whole ttl
+    with pytest.raises(lease.LeaseLostError, match="could not be renewed"):
+        held.check()
+
+
+def test_a_store_that_ignores_the_create_condition_cannot_make_two_holders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs "create" the same generation; the one whose record was overwritten sees a
+    foreign owner and does not hold the lease."""
+    folder = str(tmp_path / "l")
+    real_write_json = storage.write_json
+
+    def unconditional(uri: str, value: object, *, exclusive: bool = False) -> None:
+        real_write_json(uri, value)
+
+    monkeypatch.setattr(storage, "write_json", unconditional)
+    first = lease.acquire(folder, "first", _Log())  # type: ignore[arg-type]
+    first._halt_renewal()
+    monkeypatch.setattr(storage, "exists", lambda uri: False)  # as if the release marker is absent
+    monkeypatch.setattr(lease, "_holder_if_live", lambda f, now: (0, None))  # both see it free
+    second = lease.acquire(folder, "second", _Log())  # type: ignore[arg-type]
+    second._halt_renewal()
+    with pytest.raises(lease.LeaseLostError):
+        first.check()
+    second.check()
+
+
 def test_the_hooks_release_a_cancelled_runs_lease(tmp_path: Path) -> None:
     root = str(tmp_path / "leases")
     held = lease.acquire(f"{root}/partition=p", "cancelled-run", _Log())  # type: ignore[arg-type]
-    held._stop.set()
+    held._halt_renewal()
     assert lease.release_for_run(root, "other-run") == []
     assert len(lease.release_for_run(root, "cancelled-run")) == 1
     lease.acquire(f"{root}/partition=p", "next", _Log()).release()  # type: ignore[arg-type]
