@@ -3,6 +3,7 @@ enrich flow against the emulator (jobs and sent inputs counted by the emulator i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -23,7 +24,7 @@ from tasks.cost import BudgetExceededError
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, use
 from tests.seaweed import BUCKET, SeaweedS3
-from tests.support import API_KEY, StartEmulator, read_lines
+from tests.support import API_KEY, StartEmulator
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -40,20 +41,27 @@ def counts(emu: EmulatorProcess) -> tuple[int, int]:
     return health["jobs"], health["files"]
 
 
-def sent_texts(emu: EmulatorProcess, summary: RunSummary) -> list[str]:
-    """Every input the run's jobs carried, read back from the emulator's copy of the files."""
-    client = Mistral(api_key=API_KEY, server_url=emu.url)
+def sent_texts(emu: EmulatorProcess, summary: RunSummary, work: Path) -> list[str]:
+    """Every input the run's jobs carried. Request files are deleted from Mistral once their job
+    is collected, so they are read from the run's staging (kept with ``keep_staging``), matched
+    to each job by the content digest the emulator took when the job was created."""
+    digests = {
+        job["id"]: job["content_sha256"]
+        for job in httpx.get(f"{emu.url}/emulator/jobs", timeout=10).json()["jobs"]
+    }
+    staged = {
+        hashlib.sha256(path.read_bytes()).hexdigest(): path
+        for path in (work / "staging").rglob("requests.jsonl")
+    }
     texts: list[str] = []
     for job_id in summary.jobs:
-        job = client.batch.jobs.get(job_id=job_id)
-        for file_id in job.input_files:
-            for line in read_lines(client, file_id):
-                body = line["body"]
-                if "messages" in body:
-                    texts.append(body["messages"][-1]["content"])
-                else:
-                    inputs = body["input"]
-                    texts += inputs if isinstance(inputs, list) else [inputs]
+        for raw in staged[digests[job_id]].read_text().splitlines():
+            body = json.loads(raw)["body"]
+            if "messages" in body:
+                texts.append(body["messages"][-1]["content"])
+            else:
+                inputs = body["input"]
+                texts += inputs if isinstance(inputs, list) else [inputs]
     return texts
 
 
@@ -93,10 +101,10 @@ def test_appended_and_edited_rows_are_the_only_ones_sent(
         grown[i] = f"edited row {i}"
     grown[7] = "row 8"  # edited into a text the cache already holds: not sent
     source = write(tmp_path / "in.parquet", list(range(220)), grown)
-    summary = enrich(params(source, tmp_path / "out"))
+    summary = enrich(params(source, tmp_path / "out", keep_staging=True))
 
     expected = {f"appended row {i}" for i in range(20)} | {f"edited row {i}" for i in (3, 50, 199)}
-    sent = sent_texts(mistral, summary)
+    sent = sent_texts(mistral, summary, tmp_path / "_enrich" / "out")
     assert sorted(sent) == sorted(expected)  # exactly the new and changed texts, once each
     assert summary.cache_hit_rows == 220 - 23 and summary.sent_texts == 23
     table = published(tmp_path / "out")
@@ -125,8 +133,9 @@ def test_changing_model_options_misses_the_cache(tmp_path: Path, mistral: Emulat
     enrich(params(source, tmp_path / "out", **labels))
 
     other = {"kind": "classification", "options": {"labels": [*LABELS, "mixed"]}}
-    changed = enrich(params(source, tmp_path / "out", **other))
-    assert changed.cache_hit_rows == 0 and sorted(sent_texts(mistral, changed)) == sorted(texts)
+    changed = enrich(params(source, tmp_path / "out", keep_staging=True, **other))
+    sent = sent_texts(mistral, changed, tmp_path / "_enrich" / "out")
+    assert changed.cache_hit_rows == 0 and sorted(sent) == sorted(texts)
     instructions = {
         "kind": "classification",
         "options": {"labels": LABELS, "instructions": "Label the mood of the text."},

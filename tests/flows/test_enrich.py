@@ -137,7 +137,7 @@ def test_s3_hive_input_and_output(tmp_path: Path, mistral: EmulatorProcess, s3: 
     assert written and all(uri.startswith("s3://") for uri in written)
     table = pl.concat([storage.read_parquet(uri) for uri in written])
     assert table.height == 80 and set(table["country"]) == {"fr", "de"}  # hive column kept
-    assert storage.list_files(f"{base}/_enrich/output/staging", "requests.jsonl")  # on S3 too
+    assert storage.list_files(f"{base}/_enrich/output/staging", "job.json")  # on S3 too
 
 
 def test_glob_input(tmp_path: Path, mistral: EmulatorProcess) -> None:

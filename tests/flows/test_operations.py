@@ -20,6 +20,7 @@ from prefect.states import Crashed, Running
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from flows.reconcile import ADOPTS_TAG, ReconcileAction, reconcile
+from tasks.mistral import PROJECT, PROJECT_KEY
 from tasks.publish import ValidationFailedError
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import use
@@ -121,13 +122,16 @@ def test_the_key_comes_from_the_secret_block_first(
     assert settings.api_key is not None and API_KEY not in repr(settings)
 
 
-def running_job(client: Mistral, flow_run_id: str) -> str:
+def running_job(client: Mistral, flow_run_id: str, *, ours: bool = True) -> str:
+    """A running job of this project (or, ``ours=False``, another user's job that merely carries
+    the same run id in its metadata)."""
+    project = {PROJECT_KEY: PROJECT} if ours else {}
     job = submit(
         client,
         "/v1/embeddings",
         [{"input": f"slow {i}"} for i in range(60)],
         model="mistral-embed",
-        metadata={"enrich_key": uuid.uuid4().hex, "enrich_flow_run": flow_run_id},
+        metadata={"enrich_key": uuid.uuid4().hex, "enrich_flow_run": flow_run_id, **project},
     )
     return job.id
 
@@ -139,6 +143,7 @@ def test_reconcile_reports_cancels_and_adopts_jobs_whose_run_is_over(
     client = Mistral(api_key=API_KEY, server_url=emu.url)
     gone_run = str(uuid.uuid4())
     gone = running_job(client, gone_run)  # its flow run does not exist (any more)
+    theirs = running_job(client, gone_run, ours=False)  # never reported, adopted or cancelled
 
     with get_client(sync_client=True) as prefect:
         alive_run = prefect.create_flow_run(reconcile, state=Running())
@@ -154,6 +159,7 @@ def test_reconcile_reports_cancels_and_adopts_jobs_whose_run_is_over(
     reported = {o.flow_run_id: o for o in reconcile(ReconcileAction.report)}
     assert set(reported) == {gone_run, str(crashed_run.id)}  # the alive run's job is left alone
     assert reported[str(crashed_run.id)].jobs == [crashed]
+    assert reported[gone_run].jobs == [gone]  # not the other user's job with the same run id
 
     adopted = {o.flow_run_id: o.outcome for o in reconcile(ReconcileAction.adopt)}
     assert adopted[str(crashed_run.id)].startswith("adopted by flow run ")
@@ -172,7 +178,9 @@ def test_reconcile_reports_cancels_and_adopts_jobs_whose_run_is_over(
         "CANCELLED",
     )
     assert client.batch.jobs.get(job_id=alive).status == "RUNNING"
+    assert client.batch.jobs.get(job_id=theirs).status == "RUNNING"
     client.batch.jobs.cancel(job_id=alive)
+    client.batch.jobs.cancel(job_id=theirs)
 
 
 def test_the_run_records_its_jobs_for_the_cancel_hook(
