@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mistralai.client import Mistral, models
 
 from emulator.server import EmulatorProcess
+
+T = TypeVar("T")
 
 API_KEY = "sk-emulator-test"
 TERMINAL = {"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"}
@@ -66,3 +68,13 @@ def read_lines(client: Mistral, file_id: str | None) -> list[dict[str, Any]]:
         return []
     response = client.files.download(file_id=file_id)
     return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll ``probe`` until it returns something other than None; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+    return found

@@ -7,31 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
 from mistralai.client import Mistral, errors
 
 from emulator.server import EmulatorProcess
-from tests.support import API_KEY, StartEmulator, jsonl, sdk, submit, wait_for
-
-T = TypeVar("T")
+from tests.support import API_KEY, StartEmulator, eventually, jsonl, sdk, submit, wait_for
 
 EMBED = {"endpoint": "/v1/embeddings", "model": "mistral-embed"}
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll ``probe`` until it returns something other than None; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (found := probe()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-    return found
 
 
 def inline_job(client: Mistral, text: str, **metadata: str) -> str:

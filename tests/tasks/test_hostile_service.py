@@ -7,9 +7,8 @@ Plain functions (plan, build, submit, collect) against dedicated emulators; no P
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import polars as pl
@@ -21,22 +20,11 @@ from schemas.params import EnrichParams
 from schemas.refs import JobOutcome, PlanRef, ShardRef
 from tasks import storage
 from tasks.batch import collect, job_key, submit
-from tasks.mistral import PROJECT, PROJECT_KEY, MistralGateway, TerminalApiError
+from tasks.mistral import PROJECT, PROJECT_KEY, JobStatus, MistralGateway, TerminalApiError
 from tasks.plan import plan
 from tasks.requests import build, shard_texts, write_shard
 from tasks.settings import MistralSettings
-from tests.support import API_KEY, StartEmulator
-
-T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while (found := probe()) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-    return found
+from tests.support import API_KEY, StartEmulator, eventually
 
 
 def emulator_jobs(emu: EmulatorProcess) -> list[dict[str, Any]]:
@@ -80,6 +68,22 @@ def one_shard(tmp_path: Path, texts: int = 12) -> tuple[EnrichParams, PlanRef, S
     planned = plan(params, "2026-11-22")
     shard = write_shard(build(shard_texts(planned, params, 0), params, 0, 0), planned, 0, 0)
     return params, planned, shard
+
+
+def finished(api: MistralGateway, job_id: str) -> tuple[JobStatus, JobOutcome]:
+    """Wait for the job to succeed; its status and the outcome the wait step would hand on."""
+    done = eventually(lambda: s if (s := api.job(job_id)).status == "SUCCESS" else None, "the job")
+    outcome = JobOutcome(
+        shard=0,
+        attempt=0,
+        job_id=done.id,
+        status=done.status,
+        output_file=done.output_file,
+        error_file=done.error_file,
+        succeeded=done.succeeded,
+        failed=done.failed,
+    )
+    return done, outcome
 
 
 def gateway(
@@ -217,22 +221,10 @@ def test_expired_results_are_sent_again_never_stuck(
     emu = start_emulator({"files": {"expire_after_seconds": 1.0}})
     api = gateway(monkeypatch, emu)
     first = submit(api, shard, planned, params)
-    done = eventually(
-        lambda: job if (job := api.job(first.job_id)).status == "SUCCESS" else None, "the job"
-    )
+    done, outcome = finished(api, first.job_id)
     assert done.output_file
     eventually(lambda: True if not api.file_exists(str(done.output_file)) else None, "expiry")
 
-    outcome = JobOutcome(
-        shard=0,
-        attempt=0,
-        job_id=done.id,
-        status=done.status,
-        output_file=done.output_file,
-        error_file=done.error_file,
-        succeeded=done.succeeded,
-        failed=done.failed,
-    )
     collected = collect(api, outcome, shard, planned, params)
     assert collected.expired and collected.succeeded_texts == 0
     assert collected.transient_failures == shard.texts  # all of them go to the retry pass
@@ -252,19 +244,7 @@ def test_collected_results_are_reused_only_when_whole(
     emu = start_emulator(None)
     api = gateway(monkeypatch, emu)
     job = submit(api, shard, planned, params)
-    done = eventually(
-        lambda: s if (s := api.job(job.job_id)).status == "SUCCESS" else None, "the job"
-    )
-    outcome = JobOutcome(
-        shard=0,
-        attempt=0,
-        job_id=done.id,
-        status=done.status,
-        output_file=done.output_file,
-        error_file=done.error_file,
-        succeeded=done.succeeded,
-        failed=done.failed,
-    )
+    done, outcome = finished(api, job.job_id)
     first = collect(api, outcome, shard, planned, params)
     assert first.succeeded_texts == shard.texts
     # A rerun reuses the staged results without downloading (the file may have expired) ...
@@ -332,19 +312,7 @@ def test_results_collected_whole_outlive_their_expiry(
     emu = start_emulator({"files": {"expire_after_seconds": 4.0}})
     api = gateway(monkeypatch, emu)
     first = submit(api, shard, planned, params)
-    done = eventually(
-        lambda: s if (s := api.job(first.job_id)).status == "SUCCESS" else None, "the job"
-    )
-    outcome = JobOutcome(
-        shard=0,
-        attempt=0,
-        job_id=done.id,
-        status=done.status,
-        output_file=done.output_file,
-        error_file=done.error_file,
-        succeeded=done.succeeded,
-        failed=done.failed,
-    )
+    done, outcome = finished(api, first.job_id)
     assert not collect(api, outcome, shard, planned, params).expired
     eventually(lambda: True if not api.file_exists(str(done.output_file)) else None, "expiry")
     again = submit(api, shard, planned, params)
