@@ -92,6 +92,10 @@ class ChildService:
         self.stop()
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n" + "".join(self.output))
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def _pump(self, stream: IO[str]) -> None:
         for line in stream:
             self.output.append(line)

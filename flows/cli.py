@@ -72,6 +72,13 @@ def run(
         bool,
         typer.Option("--keep-staging", help="Keep staged rows, requests and results (debugging)."),
     ] = False,
+    task_runner: Annotated[
+        str,
+        typer.Option(
+            help="Where shard tasks run: threads, dask (a local Dask cluster), dask:N (N worker "
+            "processes), or a Dask scheduler address tcp://host:8786 (s3:// locations only)."
+        ),
+    ] = "threads",
     summary_json: Annotated[
         Path | None,
         typer.Option(help="Also write the run summary (counts, cost, seconds per step) here."),
@@ -109,6 +116,7 @@ def run(
             price_table=price_table,
             lease_wait_seconds=lease_wait_seconds,
             keep_staging=keep_staging,
+            task_runner=task_runner,
             options=KindOptions(
                 model=model,
                 labels=[x.strip() for x in labels.split(",")] if labels else [],

@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from prefect import flow, unmapped
 from prefect.logging import get_run_logger
 
+from flows.engine import running_tasks_on
 from flows.hooks import cancel_jobs, report_failure
-from schemas.params import EnrichParams
+from flows.suspend import suspend_while_running
+from schemas.params import EnrichParams, WaitMode
 from schemas.refs import CollectRef, JobRef, PlanRef, RunSummary, ShardRef, WriteRef
 from tasks import cost
 from tasks.batch import (
@@ -54,6 +56,8 @@ def _run_jobs(
         with holding(name, sum(s.requests for s in wave)):
             submitted = submit_shard.map(wave, unmapped(plan), unmapped(params)).result()
             clock.lap("submit")
+            if params.wait is WaitMode.suspend:  # frees the worker until the jobs are over
+                suspend_while_running(submitted, params)
             outcomes = wait_for_jobs(submitted, params, plan.partition)
             clock.lap("wait")
         jobs += submitted
@@ -98,7 +102,8 @@ def enrich(params: EnrichParams) -> RunSummary:
     with holding_partition(params, partition) as lease:  # one writer per table partition
         repair_partition(params, partition)
         clock.lap("lease")
-        summary = _enrich(params, partition, enriched_at, clock, lease)
+        with running_tasks_on(params.task_runner):
+            summary = _enrich(params, partition, enriched_at, clock, lease)
     get_run_logger().info("Seconds per step: %s", clock.describe())
     return summary.model_copy(update={"step_seconds": clock.seconds})
 

@@ -51,6 +51,17 @@ class OnCancel(StrEnum):
     detach = "detach"  # leave them running; a later run with the same input reattaches
 
 
+class WaitMode(StrEnum):
+    """How a run waits for its Mistral jobs (hours on the real service)."""
+
+    poll = "poll"  # the flow run polls until every job is over (it holds its worker)
+    suspend = "suspend"  # it suspends once every job is recorded; `resume-finished` resumes it
+
+
+# Where mapped shard tasks run: the flow's thread pool, a local Dask cluster started for the run
+# (optionally with N worker processes), or a running Dask scheduler's address.
+TASK_RUNNER_PATTERN = re.compile(r"threads|dask(:[1-9][0-9]?)?|(tcp|tls)://[^\s/]+")
+
 MAX_PARTITION_LENGTH = 128
 PARTITION_PATTERN = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
@@ -162,6 +173,20 @@ class EnrichParams(BaseModel):
         description="When another run is writing the same output partition: seconds to wait "
         "for it to end before refusing (0: refuse at once, naming that run).",
     )
+    task_runner: str = Field(
+        default="threads",
+        description="Where the shard tasks run: `threads` (Prefect's thread pool in the flow's "
+        "process), `dask` or `dask:N` (a local Dask cluster of N worker processes, started and "
+        "stopped by the run), or a Dask scheduler's address (`tcp://host:8786`), whose workers "
+        "must reach s3:// input, output and work folders.",
+    )
+    wait: WaitMode = Field(
+        default=WaitMode.poll,
+        description="poll: the run polls its jobs until they are over; suspend: once every job "
+        "is submitted and recorded the run suspends and frees its worker, and the "
+        "`resume-finished` deployment resumes it when all its jobs are over (needs a "
+        "deployment; `enrich run` always polls).",
+    )
     work: str | None = Field(
         default=None,
         description="Where staging, rejected rows, quarantine and manifests go; default: "
@@ -184,6 +209,38 @@ class EnrichParams(BaseModel):
                 "control characters: it names a folder inside the table), e.g. 2026-11-22"
             )
         return value
+
+    @field_validator("task_runner")
+    @classmethod
+    def _task_runner_is_known(cls, value: str) -> str:
+        if not TASK_RUNNER_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"task_runner {value!r} must be 'threads', 'dask', 'dask:N' (N local worker "
+                "processes, 1-99) or a Dask scheduler address such as 'tcp://10.0.0.5:8786'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _shared_cluster_needs_shared_storage(self) -> EnrichParams:
+        if "://" not in self.task_runner or self.task_runner.startswith("dask"):
+            return self
+        local = [
+            f"{name}={value!r}"
+            for name, value in (
+                ("input", self.input),
+                ("output", self.output),
+                ("work", self.work_root()),
+                ("cache", self.cache_root() if self.cache_mode is not CacheMode.off else None),
+            )
+            if value is not None and not value.startswith("s3://")
+        ]
+        if local:
+            raise ValueError(
+                f"task_runner {self.task_runner!r} runs shards on other machines, which cannot "
+                f"see this machine's folders: {', '.join(local)}; use s3:// locations (or "
+                "task_runner 'dask' for a cluster on this machine)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kind_options(self) -> EnrichParams:

@@ -120,6 +120,7 @@ class WriteRef(_Ref):
     cached_rows: int = 0  # enriched rows whose result came from the cache
     cache_add_uri: str | None = None  # this shard's new results, for the cache
     cache_add_rows: int = 0
+    process: str = ""  # host:pid of the process that wrote it (Dask: a worker's)
 
 
 class FailedCheck(_Ref):
@@ -186,3 +187,4 @@ class RunSummary(_Ref):
     cache_added: int = 0  # results added to the cache by this run
     expired_jobs: int = 0  # finished jobs whose results expired: their texts were paid again
     step_seconds: dict[str, float] = Field(default_factory=dict)  # wall time per pipeline step
+    processes: list[str] = Field(default_factory=list)  # host:pid of the processes that wrote

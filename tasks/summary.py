@@ -90,6 +90,7 @@ def summarize(
         else prices.cost(params.model, prompt_tokens, completion_tokens),
         cost_avoided_usd=cost.avoided(params, plan, prices),
         cache_added=sum(w.cache_add_rows for w in written),
+        processes=sorted({w.process for w in written if w.process}),
         expired_jobs=len(
             {i for j in jobs for i in j.expired_jobs} | {c.job_id for c in collected if c.expired}
         ),

@@ -8,6 +8,8 @@ happens after validation (``tasks.publish``).
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime
 
 import polars as pl
@@ -212,4 +214,5 @@ def write_shard_task(
     enriched_at: datetime,
 ) -> WriteRef:
     with shard_in_memory():
-        return write_shard(plan, params, shard, collected, enriched_at)
+        ref = write_shard(plan, params, shard, collected, enriched_at)
+    return ref.model_copy(update={"process": f"{socket.gethostname()}:{os.getpid()}"})

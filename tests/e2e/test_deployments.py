@@ -35,7 +35,13 @@ from tests.support import API_KEY
 PROJECT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-SCHEDULED = {"nightly-embeddings", "nightly-moderation", "nightly-classification", "reconcile"}
+SCHEDULED = {
+    "nightly-embeddings",
+    "nightly-moderation",
+    "nightly-classification",
+    "reconcile",
+    "resume-finished",
+}
 # The scheduler's loop (60 s by default) is what a due schedule waits for; the recent-deployments
 # loop (5 s) only looks at deployments whose row changed, which adding a schedule does not do.
 SCHEDULER_LOOP_SECONDS = 1
@@ -404,6 +410,87 @@ def test_cancelling_a_run_cancels_its_mistral_jobs(stack: Stack) -> None:
 
     wait_until("the run's batch jobs to be CANCELLED", all_cancelled, timeout=90)
     assert stack.wait_final(run_id, timeout=60) == "CANCELLED"
+
+
+def flow_processes(parent: int, run_id: str) -> list[int]:
+    """Processes under ``parent`` (the worker) running flow run ``run_id``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(parent, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if run_id.encode() in environ:
+            found.append(pid)
+    return found
+
+
+def paid_jobs(stack: Stack) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = httpx.get(f"{stack.emulator.url}/emulator/jobs").json()["jobs"]
+    return jobs
+
+
+def test_a_suspended_run_frees_its_worker_and_resumes_with_no_new_job(stack: Stack) -> None:
+    texts = [f"a text that waits for hours {i}" for i in range(600)]  # one job, 600 at 10 a second
+    source = write(stack.data / "suspend" / "in.parquet", texts)
+    output = stack.data / "suspend" / "out"
+    run_id = stack.run(
+        "adhoc", parameters(source, output, kind="moderation", wait="suspend", shard_size=600)
+    )
+
+    def suspended() -> dict[str, Any] | None:
+        run: dict[str, Any] = stack.call("GET", f"/flow_runs/{run_id}").json()
+        assert run["state"]["type"] not in FINAL, run["state"]
+        return run if run["state"]["name"] == "Suspended" else None
+
+    run = wait_until("the run to suspend", suspended, timeout=180)
+    waiting = run["labels"]["enrich.waiting_on"].split(",")
+    client = Mistral(api_key=API_KEY, server_url=stack.emulator.url)
+    assert len(waiting) == 1
+    # Mistral still works on the job, and the worker holds no process for this run.
+    worker = stack.worker.pid
+    assert worker is not None
+    gone = wait_until(
+        "the suspended run's process to exit",
+        lambda: not flow_processes(worker, run_id) or None,
+        30,
+    )
+    assert gone and client.batch.jobs.get(job_id=waiting[0]).status in {"QUEUED", "RUNNING"}
+    before = paid_jobs(stack)
+
+    resumer = stack.deployment("resume-finished", flow="resume-finished")
+
+    def resume_once() -> str:
+        response = stack.call(
+            "POST", f"/deployments/{resumer['id']}/create_flow_run", json={"parameters": {}}
+        )
+        response.raise_for_status()
+        return stack.wait_final(str(response.json()["id"]), timeout=120)
+
+    assert resume_once() == "COMPLETED"
+    if client.batch.jobs.get(job_id=waiting[0]).status in {"QUEUED", "RUNNING"}:
+        assert stack.call("GET", f"/flow_runs/{run_id}").json()["state"]["name"] == "Suspended"
+    wait_until(
+        "the job to end",
+        lambda: client.batch.jobs.get(job_id=waiting[0]).status == "SUCCESS",
+        timeout=180,
+    )
+    assert resume_once() == "COMPLETED"
+    assert stack.wait_final(run_id, timeout=240) == "COMPLETED", "".join(stack.worker.output[-60:])
+    # The resumed run created no job: it reattached to the one it waited on.
+    assert [j["id"] for j in paid_jobs(stack)] == [j["id"] for j in before]
+    table = pl.read_parquet(output / "partition=2026-11-22" / "part-0.parquet")
+    assert table.height == 600 and set(table["batch_job_id"]) == {waiting[0]}
 
 
 def test_a_due_schedule_is_run_by_the_worker(stack: Stack) -> None:

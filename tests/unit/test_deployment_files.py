@@ -19,9 +19,10 @@ def test_every_deployment_builds_and_its_parameters_validate() -> None:
         "nightly-classification",
         "adhoc",
         "reconcile",
+        "resume-finished",
     }
     for name, deployment in built.items():
-        if name != "reconcile":
+        if name not in ("reconcile", "resume-finished"):
             EnrichParams.model_validate(deployment.parameters["params"])
         for schedule in deployment.schedules or []:
             assert schedule.schedule.timezone  # type: ignore[union-attr]

@@ -1,0 +1,73 @@
+"""The Dask task runner: the same flow with its shard tasks on a LocalCluster of two worker
+processes, against the local folder and against S3, must publish the thread pool's table."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from emulator.server import EmulatorProcess
+from flows.enrich import enrich
+from schemas.params import EnrichParams
+from tasks import storage
+from tests.flows.conftest import flow_params, write_dataset
+from tests.seaweed import BUCKET
+
+# What differs between two runs of the same input by design.
+RUN_COLUMNS = ["enriched_at", "batch_job_id", "result_source"]
+
+
+def _table(output: str, partition: str = "2026-11-22") -> pl.DataFrame:
+    files = storage.list_files(f"{output}/partition={partition}", ".parquet")
+    assert files, f"nothing published under {output}"
+    return pl.concat([storage.read_parquet(uri) for uri in files]).drop(RUN_COLUMNS).sort("id")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_dask_local_cluster_publishes_the_thread_pool_table(
+    where: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    mistral: EmulatorProcess,
+) -> None:
+    texts = [f"row {i}: the meeting moved to room {i % 37}" for i in range(400)]
+    local_input = write_dataset(tmp_path / "in.parquet", texts, team=[i % 3 for i in range(400)])
+    if where == "s3":
+        request.getfixturevalue("s3")
+        base = f"s3://{BUCKET}/{tmp_path.name}"
+        source = f"{base}/in.parquet"
+        with storage.open_write(source) as sink:
+            sink.write(local_input.read_bytes())
+    else:
+        base, source = str(tmp_path), str(local_input)
+
+    def run(name: str, **overrides: object) -> tuple[str, object]:
+        params: EnrichParams = flow_params(
+            source, f"{base}/{name}", shard_size=50, cache_mode="off", **overrides
+        )
+        return params.output, enrich(params)
+
+    threads_out, threads = run("threads")
+    dask_out, on_dask = run("dask", task_runner="dask:2")
+
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert threads.processes == [here]  # type: ignore[attr-defined]
+    # Eight shards written by the two worker processes, none by the flow's own process.
+    assert len(on_dask.processes) == 2 and here not in on_dask.processes  # type: ignore[attr-defined]
+    assert on_dask.enriched_rows == threads.enriched_rows == 400  # type: ignore[attr-defined]
+    assert _table(dask_out).equals(_table(threads_out))
+
+
+def test_a_shared_cluster_refuses_local_folders(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot see this machine's folders"):
+        flow_params(tmp_path / "in.parquet", tmp_path / "out", task_runner="tcp://10.0.0.5:8786")
+    with pytest.raises(ValueError, match="must be 'threads', 'dask'"):
+        flow_params(tmp_path / "in.parquet", tmp_path / "out", task_runner="spark")
+    shared = flow_params(
+        "s3://b/in", "s3://b/out", task_runner="tcp://10.0.0.5:8786", cache_mode="off"
+    )
+    assert shared.task_runner == "tcp://10.0.0.5:8786"
