@@ -12,7 +12,8 @@ quarter second, and prints beside it, measured in the same run:
 * output bytes, bytes left in staging and in the whole work folder;
 * the baseline: polars' raw NDJSON parse of the very output files the run collected
   (``pl.read_ndjson`` per file, in a child process), against the run's post-processing
-  (collect → publish).
+  (collect → publish); and beside it the parser the collect step uses alone (a typed
+  ``pl.scan_ndjson`` with the kind's schema), on the same files.
 
 Machines here are shared and noisy: read the ratios, not the absolute seconds.
 """
@@ -158,12 +159,30 @@ print(time.perf_counter() - start, rows)
 """
 
 
-def raw_parse_seconds(files: list[Path]) -> float:
+# The parser the collect step uses, alone: a scan with the kind's schema given up front (vectors
+# read straight into Float32 lists, no type inference), on the same files.
+TYPED_PARSE = """
+import sys, time, polars as pl
+from schemas.params import Kind
+from tasks.results import _first_line, _output_schema
+from pathlib import Path
+kind, paths = Kind(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+start = time.perf_counter()
+rows = 0
+for path in paths:
+    schema = _output_schema(kind, _first_line(path) or {})
+    rows += pl.scan_ndjson(path, schema=schema).collect().height
+print(time.perf_counter() - start, rows)
+"""
+
+
+def parse_seconds(script: str, *args: str) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", RAW_PARSE, *map(str, files)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         check=True,
+        cwd=PROJECT,
     )
     return float(done.stdout.split()[0])
 
@@ -176,7 +195,8 @@ def measure(rows: int, kind: str, root: Path) -> dict[str, Any]:
         run = run_enrich(work, emulator, kind)
         outputs = download_outputs(emulator, run["jobs"], work / "raw")
     output_json = sum(p.stat().st_size for p in outputs)
-    baseline = raw_parse_seconds(outputs)
+    baseline = parse_seconds(RAW_PARSE, *map(str, outputs))
+    typed = parse_seconds(TYPED_PARSE, kind, *map(str, outputs))
     shutil.rmtree(work / "raw")
     post = sum(run["steps"].get(step, 0.0) for step in POST_PROCESSING)
     enrich_root = work / "out" / "_enrich" / "table"
@@ -187,6 +207,7 @@ def measure(rows: int, kind: str, root: Path) -> dict[str, Any]:
         "staging_bytes": folder_bytes(enrich_root / "staging"),
         "work_bytes": folder_bytes(enrich_root),
         "raw_parse_seconds": baseline,
+        "typed_parse_seconds": typed,
         "post_processing_seconds": post,
     }
 
@@ -196,16 +217,18 @@ def show(results: list[dict[str, Any]]) -> None:
     print()
     print(
         "| rows | wall s | peak RSS run MiB | peak RSS tree MiB | output JSON GB | table GB "
-        "| staging left GB | post-processing s | raw polars parse s | ratio |"
+        "| staging left GB | post-processing s | raw polars parse s | ratio "
+        "| typed scan s (collect's parser) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['rows']:,} | {r['seconds']:.0f} | {r['peak_process_mib']:,.0f} "
             f"| {r['peak_tree_mib']:,.0f} | {r['output_json_bytes'] / 1e9:.2f} "
             f"| {r['table_bytes'] / 1e9:.2f} | {r['staging_bytes'] / 1e9:.2f} "
             f"| {r['post_processing_seconds']:.1f} | {r['raw_parse_seconds']:.1f} "
-            f"| {r['post_processing_seconds'] / max(r['raw_parse_seconds'], 1e-9):.2f}x |"
+            f"| {r['post_processing_seconds'] / max(r['raw_parse_seconds'], 1e-9):.2f}x "
+            f"| {r['typed_parse_seconds']:.1f} |"
         )
     print()
     print("| rows | " + " | ".join(steps) + " |")

@@ -32,6 +32,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import resume_flow_run, suspend_flow_run
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
@@ -125,8 +126,11 @@ def resume_finished_runs() -> list[Resumed]:
             if running:
                 outcome = f"waiting: {len(running)} of {len(jobs)} job(s) still run"
             else:
-                resume_flow_run(run.id)
-                outcome = "resumed"
+                try:
+                    resume_flow_run(run.id)
+                    outcome = "resumed"
+                except (RuntimeError, NotPausedError, FlowPauseTimeout) as exc:  # e.g. timed out
+                    outcome = f"not resumed: {exc}"
             logger.info("Flow run %s (%s): %s", run.name, run.id, outcome)
             done.append(Resumed(flow_run_id=str(run.id), jobs=jobs, outcome=outcome))
         for run in _runs(client, StateType.CANCELLED):
