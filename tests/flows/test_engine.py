@@ -12,10 +12,10 @@ import pytest
 
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
-from schemas.params import EnrichParams
+from schemas.refs import RunSummary
 from tasks import storage
 from tests.flows.conftest import flow_params, write_dataset
-from tests.seaweed import BUCKET
+from tests.seaweed import BUCKET, SeaweedS3
 
 # What differs between two runs of the same input by design.
 RUN_COLUMNS = ["enriched_at", "batch_job_id", "result_source"]
@@ -27,39 +27,34 @@ def _table(output: str, partition: str = "2026-11-22") -> pl.DataFrame:
     return pl.concat([storage.read_parquet(uri) for uri in files]).drop(RUN_COLUMNS).sort("id")
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
 def test_dask_local_cluster_publishes_the_thread_pool_table(
-    where: str,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    mistral: EmulatorProcess,
+    tmp_path: Path, mistral: EmulatorProcess, s3: SeaweedS3
 ) -> None:
     texts = [f"row {i}: the meeting moved to room {i % 37}" for i in range(400)]
     local_input = write_dataset(tmp_path / "in.parquet", texts, team=[i % 3 for i in range(400)])
-    if where == "s3":
-        request.getfixturevalue("s3")
-        base = f"s3://{BUCKET}/{tmp_path.name}"
-        source = f"{base}/in.parquet"
-        with storage.open_write(source) as sink:
-            sink.write(local_input.read_bytes())
-    else:
-        base, source = str(tmp_path), str(local_input)
+    bucket = f"s3://{BUCKET}/{tmp_path.name}"
+    with storage.open_write(f"{bucket}/in.parquet") as sink:
+        sink.write(local_input.read_bytes())
 
-    def run(name: str, **overrides: object) -> tuple[str, object]:
-        params: EnrichParams = flow_params(
-            source, f"{base}/{name}", shard_size=50, cache_mode="off", **overrides
+    def run(base: str, **overrides: object) -> tuple[str, RunSummary]:
+        params = flow_params(
+            f"{base}/in.parquet", f"{base}/out", shard_size=50, cache_mode="off", **overrides
         )
         return params.output, enrich(params)
 
-    threads_out, threads = run("threads")
-    dask_out, on_dask = run("dask", task_runner="dask:2")
-
+    threads_out, threads = run(str(tmp_path))
     here = f"{socket.gethostname()}:{os.getpid()}"
-    assert threads.processes == [here]  # type: ignore[attr-defined]
-    # Eight shards written by the two worker processes, none by the flow's own process.
-    assert len(on_dask.processes) == 2 and here not in on_dask.processes  # type: ignore[attr-defined]
-    assert on_dask.enriched_rows == threads.enriched_rows == 400  # type: ignore[attr-defined]
-    assert _table(dask_out).equals(_table(threads_out))
+    assert threads.processes == [here] and threads.enriched_rows == 400
+    expected = _table(threads_out)
+    for base in (str(tmp_path / "dask"), bucket):  # the local folder, then S3
+        if not base.startswith("s3://"):
+            Path(base).mkdir()
+            (Path(base) / "in.parquet").write_bytes(local_input.read_bytes())
+        output, on_dask = run(base, task_runner="dask:2")
+        # Eight shards written by the two worker processes, none by the flow's own process.
+        assert len(on_dask.processes) == 2 and here not in on_dask.processes, on_dask.processes
+        assert on_dask.enriched_rows == 400
+        assert _table(output).equals(expected), base
 
 
 def test_a_shared_cluster_refuses_local_folders(tmp_path: Path) -> None:
