@@ -8,6 +8,7 @@ error file, or as a failure "not answered" — duplicates are counted and the fi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,25 @@ def _first_line(path: Path) -> dict[str, Any] | None:
                 value = orjson.loads(line)
                 return value if isinstance(value, dict) else None
     return None
+
+
+PIECE_BYTES = 32 << 20  # how much of an output file is parsed at once
+
+
+def _pieces(path: Path, size: int | None = None) -> Iterator[bytes]:
+    """The file in pieces of about ``size`` bytes, each ending at a line break."""
+    rest = b""
+    with path.open("rb") as handle:
+        while block := handle.read(size or PIECE_BYTES):
+            block = rest + block if rest else block
+            cut = block.rfind(b"\n") + 1
+            if not cut:  # a line longer than a piece: read on
+                rest = block
+                continue
+            rest = block[cut:]
+            yield block[:cut]
+    if rest.strip():
+        yield rest
 
 
 def _usage_schema() -> pl.Struct:
@@ -219,21 +239,31 @@ def parse(
     named = kind in (Kind.moderation, Kind.chat_moderation, Kind.classifier)
     sample = (_first_line(output) if named else {}) if output is not None else None
     if output is not None and sample is not None and output.stat().st_size:
-        ok = pl.scan_ndjson(output, schema=_output_schema(kind, sample)).collect()
-        failed_here = ok.select(
-            (pl.col("response").struct.field("status_code") >= 400) | pl.col("error").is_not_null()
-        ).to_series()
-        if failed_here.any():  # rare: failures usually come in the error file
-            ok = ok.filter(~failed_here)
-        usage = ok.select(pl.col("response").struct.field("body").struct.field("usage")).unnest(
-            "usage"
-        )
-        prompt_tokens = int(usage["prompt_tokens"].sum() or 0)
-        completion_tokens = int(usage["completion_tokens"].sum() or 0)
-        lines = ok.select("custom_id")
-        items = _result_columns(kind, _items(kind, ok), params).with_columns(
-            pl.lit(True).alias("_present")
-        )
+        schema = _output_schema(kind, sample)
+        parts_lines, parts_items = [], []
+        # A piece of the file at a time: only the result columns outlive their piece, never the
+        # whole file's JSON text nor its full response structs.
+        for piece in _pieces(output):
+            ok = pl.read_ndjson(piece, schema=schema)
+            failed_here = ok.select(
+                (pl.col("response").struct.field("status_code") >= 400)
+                | pl.col("error").is_not_null()
+            ).to_series()
+            if failed_here.any():  # rare: failures usually come in the error file
+                ok = ok.filter(~failed_here)
+            usage = ok.select(pl.col("response").struct.field("body").struct.field("usage")).unnest(
+                "usage"
+            )
+            prompt_tokens += int(usage["prompt_tokens"].sum() or 0)
+            completion_tokens += int(usage["completion_tokens"].sum() or 0)
+            parts_lines.append(ok.select("custom_id"))
+            parts_items.append(_result_columns(kind, _items(kind, ok), params))
+            del ok, piece
+        if parts_lines:
+            lines = pl.concat(parts_lines)
+            items = pl.concat(parts_items, how="diagonal_relaxed").with_columns(
+                pl.lit(True).alias("_present")
+            )
     error_lines = _error_lines(errors)
 
     answered = pl.concat([lines, error_lines.select("custom_id")])
@@ -244,17 +274,20 @@ def parse(
     error_lines = error_lines.filter(~pl.col("custom_id").is_in(lines["custom_id"].implode()))
     error_lines = error_lines.unique("custom_id", keep="first", maintain_order=True)
 
-    joined = manifest.join(items, on=["custom_id", "position"], how="left")
+    keys = ["custom_id", "position"]
     answered_ok = pl.col("custom_id").is_in(lines["custom_id"].implode())
     answered_err = pl.col("custom_id").is_in(error_lines["custom_id"].implode())
-    internal = ("custom_id", "position", "_present")
-    result_cols = [c for c in items.columns if c not in internal]
-    # One pass over the wide columns (vectors); the failure bookkeeping uses the narrow ones.
+    result_cols = [c for c in items.columns if c not in (*keys, "_present")]
     tokens = ["_tokens"] if "_tokens" in manifest.columns else []  # kept for the cache
-    results = joined.filter(answered_ok & pl.col("_present").is_not_null()).select(
+    # The wide columns (vectors) are joined once: every item comes from an answered line, so
+    # the inner join is exactly the answered inputs. The bookkeeping below uses narrow columns.
+    results = manifest.join(items, on=keys, how="inner").select(
         TEXT_KEY, *result_cols, *tokens, pl.lit(job_id).alias("batch_job_id")
     )
-    narrow = joined.select(TEXT_KEY, "custom_id", "_present")
+    narrow = manifest.join(items.select(*keys, "_present"), on=keys, how="left").select(
+        TEXT_KEY, "custom_id", "_present"
+    )
+    del items
     matched = narrow.filter(answered_ok)
 
     incomplete = matched.filter(pl.col("_present").is_null()).select(

@@ -62,6 +62,12 @@ def expected_dimension(params: EnrichParams) -> int | None:
 
 def _vector_stats(column: pl.Series) -> pl.DataFrame:
     """Length, non-finite count and L2 norm of each vector, with numpy on the flat values."""
+    if isinstance(column.dtype, pl.List) and column.null_count() == 0 and len(column):
+        widths = column.list.len()
+        width = widths.min()
+        if isinstance(width, int) and width > 0 and width == widths.max():
+            # The usual case, every vector as long: a fixed-width view, no float64 copies.
+            column = column.list.to_array(width)
     if isinstance(column.dtype, pl.Array):
         width = column.dtype.size
         values = column.to_numpy().reshape(len(column), width)  # a view: no copy of the vectors

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.params import EnrichParams, Kind, KindOptions
+from tasks import results
 from tasks.plan import TEXT_KEY
 from tasks.requests import MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_REQUEST, build, pack
 from tasks.results import parse
@@ -90,9 +92,10 @@ def answer(request_lines: list[dict[str, object]], rng: random.Random) -> str:
 @given(
     st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=1_500, unique=True),
     st.randoms(),
+    st.sampled_from([results.PIECE_BYTES, 4_096, 97]),  # output parsed in one piece or many
 )
 def test_packing_then_unpacking_gives_every_text_its_own_result(
-    texts: list[str], rng: random.Random
+    texts: list[str], rng: random.Random, piece_bytes: int
 ) -> None:
     params = EnrichParams(
         input="x", id_column="id", text_column="text", output="y", kind=Kind.embeddings
@@ -109,7 +112,11 @@ def test_packing_then_unpacking_gives_every_text_its_own_result(
 
     tmp = Path(__import__("tempfile").mkdtemp())
     (tmp / "out.jsonl").write_text(answer(lines, random.Random(rng.random())))
-    parsed = parse(params, built.manifest, tmp / "out.jsonl", None, "job-1", "SUCCESS")
+    default, results.PIECE_BYTES = results.PIECE_BYTES, piece_bytes
+    try:
+        parsed = parse(params, built.manifest, tmp / "out.jsonl", None, "job-1", "SUCCESS")
+    finally:
+        results.PIECE_BYTES = default
     assert parsed.failures.height == 0 and parsed.missing_lines == 0
     got = parsed.results.join(frame, on=TEXT_KEY)
     assert got.height == len(texts)
@@ -117,7 +124,11 @@ def test_packing_then_unpacking_gives_every_text_its_own_result(
         assert embedding == fake_embedding(text)
 
 
-def test_missing_duplicated_and_failed_lines_are_all_accounted_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("piece_bytes", [results.PIECE_BYTES, 64])
+def test_missing_duplicated_and_failed_lines_are_all_accounted_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece_bytes: int
+) -> None:
+    monkeypatch.setattr(results, "PIECE_BYTES", piece_bytes)  # 64: a piece per line or less
     params = EnrichParams(
         input="x",
         id_column="id",
