@@ -29,7 +29,7 @@ from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
 from tasks import events, layout, storage
 from tasks.failpoints import failpoint
-from tasks.memory import shard_in_memory
+from tasks.memory import in_shard_slot
 from tasks.mistral import (
     TERMINAL_STATUSES,
     AmbiguousCreateError,
@@ -571,8 +571,7 @@ def collect_job(
 ) -> CollectRef:
     """Retried by Prefect on failure: it only downloads and parses, it never pays."""
     api = gateway()
-    with shard_in_memory():
-        ref = collect(api, outcome, shard, plan, params)
+    ref = in_shard_slot(collect, api, outcome, shard, plan, params)
     for file_id in outcome.input_files:  # the job is over: its request file is no longer needed
         try:
             api.delete_file(file_id)

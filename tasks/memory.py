@@ -1,20 +1,24 @@
 """How many shards the memory-heavy steps (collect, write) hold at once in this process.
 
 Every shard is independent, so Prefect's thread pool would otherwise parse and join all of them
-at the same time: memory would grow with the data. A semaphore bounds them; the default is drawn
-from the memory this machine has (``ENRICH_SHARDS_IN_MEMORY`` overrides it).
+at the same time: memory would grow with the data. A few dedicated threads run that work
+(``in_shard_slot``); their number is drawn from the memory this machine has
+(``ENRICH_SHARDS_IN_MEMORY`` overrides it).
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+T = TypeVar("T")
 
 # What one 20,000-row shard of 1024-dim embeddings takes at its peak (parse + join), with room.
 BYTES_PER_SHARD = 2 * 1024**3
@@ -41,15 +45,24 @@ def default_slots(available: int, cores: int) -> int:
     return max(1, min(cores, available // 2 // BYTES_PER_SHARD))
 
 
-@lru_cache(maxsize=1)
-def _semaphore() -> threading.BoundedSemaphore:
+def slots() -> int:
     configured = MemorySettings().shards_in_memory
-    slots = configured or default_slots(_available_bytes(), os.cpu_count() or 1)
-    return threading.BoundedSemaphore(slots)
+    return configured or default_slots(_available_bytes(), os.cpu_count() or 1)
 
 
-@contextmanager
-def shard_in_memory() -> Iterator[None]:
-    """Hold one of the process's shard slots for the block."""
-    with _semaphore():
-        yield
+@lru_cache(maxsize=1)
+def _shard_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=slots(), thread_name_prefix="enrich-shard")
+
+
+def in_shard_slot(work: Callable[..., T], *args: Any) -> T:
+    """Run ``work(*args)`` on one of the process's shard threads, at most ``slots()`` at once.
+
+    Prefect's thread pool gives every mapped task its own thread (50 shards: 50 threads), and
+    the allocators behind polars and pyarrow keep freed memory per thread: memory would grow with
+    the number of shards even with few in flight. Here the heavy work of every shard runs on the
+    same few threads, in the caller's context (Prefect's run context and logger included); the
+    task's own thread only waits.
+    """
+    context = contextvars.copy_context()
+    return _shard_threads().submit(context.run, work, *args).result()

@@ -20,6 +20,7 @@ from prefect import task
 from schemas.params import EnrichParams, Kind
 from schemas.refs import PlanRef, ShardRef
 from tasks import storage
+from tasks.memory import in_shard_slot
 from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2, InputError, normalised
 from tasks.tokens import TokenCounter
 
@@ -230,6 +231,10 @@ def write_shard(built: BuiltRequests, plan: PlanRef, shard: int, attempt: int) -
 def build_requests(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
     """The first attempt of a shard; None when the shard has no new text. A shard whose new
     texts are all over the model's context has 0 requests: it is recorded, never submitted."""
+    return in_shard_slot(_first_attempt, plan, params, shard)
+
+
+def _first_attempt(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
     texts = shard_texts(plan, params, shard)
     if texts.height == 0:
         return None

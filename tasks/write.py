@@ -20,7 +20,7 @@ from schemas.refs import CollectRef, PlanRef, WriteRef
 from schemas.tables import REJECTED
 from tasks import cache, storage
 from tasks.failpoints import failpoint
-from tasks.memory import shard_in_memory
+from tasks.memory import in_shard_slot
 from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.validate import derive
 
@@ -213,6 +213,5 @@ def write_shard_task(
     collected: list[CollectRef],
     enriched_at: datetime,
 ) -> WriteRef:
-    with shard_in_memory():
-        ref = write_shard(plan, params, shard, collected, enriched_at)
+    ref = in_shard_slot(write_shard, plan, params, shard, collected, enriched_at)
     return ref.model_copy(update={"process": f"{socket.gethostname()}:{os.getpid()}"})

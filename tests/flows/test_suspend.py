@@ -7,6 +7,7 @@ are over, on a real emulator."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -79,6 +80,22 @@ def test_a_suspended_run_is_resumed_once_its_jobs_are_over(
     assert _outcome(run_id) == "resumed"
     assert _state(run_id)[:2] == ("SCHEDULED", "Resuming")  # a worker picks it up from here
     assert _outcome(run_id) is None  # not suspended any more: left alone
+
+
+def test_a_run_suspended_past_its_timeout_fails_and_the_resumer_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
+) -> None:
+    emu = use(monkeypatch, start_emulator(None))
+    job = _job(emu, 5)
+    wait_for(sdk(emu), job, timeout=60)
+    params = flow_params(tmp_path / "in.parquet", tmp_path / "out").model_dump(mode="json")
+    expired = _run(Suspended(timeout_seconds=1), params, [job], deployment=True)
+    due = _run(Suspended(timeout_seconds=3600), params, [job], deployment=True)
+    time.sleep(1.5)  # past the first one's timeout: no event marks it
+    outcome = _outcome(expired)
+    assert outcome is not None and outcome.startswith("not resumed"), outcome
+    assert _state(expired)[0] == "FAILED"  # "The flow was suspended and never resumed."
+    assert _state(due)[:2] == ("SCHEDULED", "Resuming")  # the other run was still resumed
 
 
 @pytest.mark.parametrize("on_cancel", ["cancel", "detach"])
