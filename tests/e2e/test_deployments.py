@@ -441,11 +441,20 @@ def paid_jobs(stack: Stack) -> list[dict[str, Any]]:
 
 
 def test_a_suspended_run_frees_its_worker_and_resumes_with_no_new_job(stack: Stack) -> None:
-    texts = [f"a text that waits for hours {i}" for i in range(600)]  # one job, 600 at 10 a second
+    # One job of 600 requests (classification sends one text a request) at 10 a second: ~60 s.
+    texts = [f"a text that waits for hours {i}" for i in range(600)]
     source = write(stack.data / "suspend" / "in.parquet", texts)
     output = stack.data / "suspend" / "out"
     run_id = stack.run(
-        "adhoc", parameters(source, output, kind="moderation", wait="suspend", shard_size=600)
+        "adhoc",
+        parameters(
+            source,
+            output,
+            kind="classification",
+            options={"labels": ["positive", "negative"]},
+            wait="suspend",
+            shard_size=600,
+        ),
     )
 
     def suspended() -> dict[str, Any] | None:

@@ -57,6 +57,32 @@ def test_dask_local_cluster_publishes_the_thread_pool_table(
         assert _table(output).equals(expected), base
 
 
+def test_a_running_scheduler_by_its_address(
+    tmp_path: Path, mistral: EmulatorProcess, s3: SeaweedS3
+) -> None:
+    """``task_runner=tcp://…``: a cluster the run did not start (here a LocalCluster of one
+    worker process, as `dask scheduler` + `dask worker` would be), reached by address."""
+    from distributed import Client, LocalCluster
+
+    bucket = f"s3://{BUCKET}/{tmp_path.name}"
+    local = write_dataset(tmp_path / "in.parquet", [f"shared cluster text {i}" for i in range(60)])
+    with storage.open_write(f"{bucket}/in.parquet") as sink:
+        sink.write(local.read_bytes())
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        params = flow_params(
+            f"{bucket}/in.parquet", f"{bucket}/out", shard_size=20, task_runner=address
+        )
+        summary = enrich(params)
+        with Client(cluster) as client:
+            worker_pids = set(client.run(os.getpid).values())
+    assert summary.enriched_rows == 60
+    assert {int(p.rsplit(":", 1)[1]) for p in summary.processes} == worker_pids
+    assert _table(params.output).height == 60
+
+
 def test_a_shared_cluster_refuses_local_folders(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot see this machine's folders"):
         flow_params(tmp_path / "in.parquet", tmp_path / "out", task_runner="tcp://10.0.0.5:8786")

@@ -124,7 +124,7 @@ def test_the_jobs_of_a_run_cancelled_while_suspended_follow_its_on_cancel(
 def test_without_a_deployment_a_suspend_run_polls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
 ) -> None:
-    use(monkeypatch, start_emulator(None, *SLOW))
+    use(monkeypatch, start_emulator(None, "--queue-seconds", "5"))  # still QUEUED after submit
     source = write_dataset(tmp_path / "in.parquet", [f"text {i}" for i in range(60)])
     state = enrich(flow_params(source, tmp_path / "out", wait="suspend"), return_state=True)
     assert state.is_completed() and state.result().enriched_rows == 60
