@@ -581,10 +581,16 @@ def test_a_due_schedule_is_run_by_enrich_serve(stack: Stack, served: ChildServic
     assert stack.runs_of(run["deployment_id"], "SCHEDULED") == []
 
 
-# Prefect's worker-channel heartbeat reads, then writes, in a DEFERRED SQLite transaction: a write
-# committed by anyone in between makes SQLite refuse it at once. The server logs it, closes the
-# channel and the worker reconnects; it happens now and then on a busy machine, scheduler or not.
-TRANSIENT = ("Worker channel heartbeat persistence failed", "database is locked")
+# SQLite refuses a write at once, busy timeout or not, when a DEFERRED transaction read before
+# someone else committed. Prefect's server logs it and recovers in two places we have seen on a busy
+# 2-core machine: the worker-channel heartbeat (the channel closes, the worker reconnects) and state
+# validation (the API answers 503, `is_client_retryable_exception`, and the client sends the state
+# again). Prefect's maintainers call SQLite locking expected (PrefectHQ/prefect#19771). Anything else
+# in the log fails the test.
+TRANSIENT = (
+    ("Worker channel heartbeat persistence failed", "database is locked"),
+    ("Encountered error during state validation", "sqlite3.OperationalError: database is locked"),
+)
 
 
 def tracebacks(lines: list[str]) -> dict[int, str]:
@@ -606,7 +612,7 @@ def test_the_server_logged_no_traceback(stack: Stack) -> None:
     found = {
         i: told
         for i, told in tracebacks(lines).items()
-        if not all(part in told for part in TRANSIENT)
+        if not any(all(part in told for part in known) for known in TRANSIENT)
     }
     errors = [line for line in lines if "InvalidRequestError" in line]
     first = min(found, default=0)
