@@ -28,6 +28,7 @@ from prefect.runtime import flow_run
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
 from tasks import events, layout, storage
+from tasks.core.errors import TransientError
 from tasks.failpoints import failpoint
 from tasks.memory import in_shard_slot
 from tasks.mistral import (
@@ -43,6 +44,7 @@ from tasks.mistral import (
 from tasks.plan import TEXT_KEY
 from tasks.requests import attempt_dir
 from tasks.results import parse, too_long_failures
+from tasks.retry import retry_if_transient
 from tasks.settings import mistral_settings
 
 GRACE_SECONDS = 3600.0  # past timeout_hours, Mistral itself ends the job: wait this much longer
@@ -50,8 +52,9 @@ CREATE_ATTEMPTS = 3
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
-class WaitTimeoutError(TimeoutError):
-    """Jobs still run past the deadline; they are left running for a rerun to reattach."""
+class WaitTimeoutError(TransientError, TimeoutError):
+    """Jobs still run past the deadline; they are left running for a rerun to reattach.
+    A ``TimeoutError`` too, so Prefect shows the wait as timed out."""
 
 
 def gateway() -> MistralGateway:
@@ -198,10 +201,15 @@ def _create(
                     api.delete_file(file_id)
                 except ApiError as gone:
                     log.warning("Could not delete the unused request file %s: %s", file_id, gone)
+            step = (
+                "run the flow again later"
+                if exc.transient
+                else "fix the cause and run the flow again"
+            )
             raise type(exc)(
                 f"{exc} (batch job for key {key}, request file {file_id}"
                 f"{'' if ambiguous else ', now deleted'}). Nothing was created for this shard: "
-                "fix the cause and run the flow again."
+                f"{step}."
             ) from exc
     raise TransientApiError(
         f"creating the batch job for file {file_id} (key {key}) failed {CREATE_ATTEMPTS} times "
@@ -549,22 +557,11 @@ def wait_for_jobs(jobs: list[JobRef], params: EnrichParams, partition: str) -> l
     ]
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what may succeed later: a transient API error (a terminal one never)."""
-    try:
-        state.result()
-    except TransientApiError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="collect",
     retries=3,
     retry_delay_seconds=[5, 30, 120],
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_if_transient,
 )
 def collect_job(
     outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams

@@ -44,6 +44,8 @@ from schemas.params import EnrichParams
 from schemas.refs import PlanRef, WriteRef
 from tasks import storage
 from tasks.columns import BUCKET, KEY_SCHEME, TEXT_KEY, TEXT_KEY_2
+from tasks.core.errors import TerminalError
+from tasks.retry import retry_if_transient
 
 KEY = "text_key"
 KEY_2 = "text_key_2"
@@ -55,8 +57,9 @@ ROW_GROUP_ROWS = 16_384
 COMPACT_BUCKET_BYTES = 256 * 1024 * 1024
 
 
-class CacheFileGoneError(FileNotFoundError):
-    """A cache file listed by the lookup vanished before it was read (a compaction ran)."""
+class CacheFileGoneError(TerminalError):
+    """A cache file listed by the lookup vanished before it was read (a compaction ran).
+    Terminal: reading the same file again cannot help; a new run looks the cache up afresh."""
 
 
 def scheme() -> str:
@@ -136,7 +139,7 @@ def _key_table(files: list[str]) -> pl.DataFrame:
     except FileNotFoundError as exc:
         raise CacheFileGoneError(
             f"a cache file vanished while it was read ({exc}); a compaction probably ran. "
-            "Run again: nothing was submitted."
+            "Run the flow again (its lookup reads the current files); nothing was submitted."
         ) from exc
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -191,7 +194,8 @@ def read_hits(uri: str, hits: pl.DataFrame) -> Iterator[pl.DataFrame]:
     except FileNotFoundError as exc:
         raise CacheFileGoneError(
             f"the cache file {uri} vanished before its results were read; a compaction "
-            "probably ran. Run again: nothing was submitted."
+            "probably ran. Run the flow again (its lookup reads the current files); nothing "
+            "was submitted."
         ) from exc
     with handle:
         parquet = pq.ParquetFile(handle)
@@ -432,7 +436,12 @@ def compact(location: str) -> tuple[int, int, int]:
 # Prefect tasks ----------------------------------------------------------------------------
 
 
-@task(name="fetch-cached", retries=2, retry_delay_seconds=[5, 30])
+@task(
+    name="fetch-cached",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_if_transient,
+)
 def fetch_cached(plan: PlanRef, file_index: int) -> int:
     """Copy this run's hits out of one cache file into staging (bucketed like the rows)."""
     assert plan.hits_uri is not None
@@ -442,8 +451,8 @@ def fetch_cached(plan: PlanRef, file_index: int) -> int:
     if copied != hits.height:
         raise CacheFileGoneError(
             f"the cache file {uri} held {copied} of the {hits.height} results it held when the "
-            "run looked them up; a compaction or purge probably ran. Run again: nothing was "
-            "submitted."
+            "run looked them up; a compaction or purge probably ran. Run the flow again (its "
+            "lookup reads the current files); nothing was submitted."
         )
     return copied
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.params import EnrichParams, Kind
 from schemas.refs import Estimate, PlanRef, ShardRef
 from tasks import storage
+from tasks.core.errors import TerminalError
 from tasks.tokens import TokenCounter
 
 DEFAULT_PRICE_TABLE = Path(__file__).resolve().parent.parent / "schemas" / "prices.json"
@@ -26,11 +27,11 @@ DEFAULT_PRICE_TABLE = Path(__file__).resolve().parent.parent / "schemas" / "pric
 _tokens = TokenCounter()
 
 
-class BudgetExceededError(RuntimeError):
+class BudgetExceededError(TerminalError):
     """The estimate is over ``max_cost_usd``: nothing was submitted."""
 
 
-class PriceTableError(ValueError):
+class PriceTableError(TerminalError):
     """The price table cannot be read or has no price for the model."""
 
 

@@ -28,17 +28,20 @@ from typing import Any
 
 from schemas.params import EnrichParams
 from tasks import layout, storage
+from tasks.core.errors import TerminalError, TransientError
 
 TTL_SECONDS = 300.0
 _GENERATION_DIGITS = 10
 
 
-class LeaseHeldError(RuntimeError):
-    """Another live run holds the partition."""
+class LeaseHeldError(TransientError):
+    """Another live run holds the partition. Transient: once that run ends, the lease is
+    free."""
 
 
-class LeaseLostError(RuntimeError):
-    """The run's lease was taken over by another run: it must not publish."""
+class LeaseLostError(TerminalError):
+    """The run's lease was taken over by another run: it must not publish. Terminal: this run
+    never gets the lease back; a new run takes a new one."""
 
 
 def _process_start(pid: int) -> str | None:

@@ -1,8 +1,9 @@
 """The one module that talks to Mistral: files, batch jobs, downloads.
 
-Every failure leaves here as a ``TransientApiError`` (429, 5xx, network: worth retrying later) or a
-``TerminalApiError`` (401, 404, 422, a bad request: retrying changes nothing), with the ids involved
-and what to do next. The SDK itself retries 429/5xx within a call, honouring ``Retry-After``.
+Every failure leaves here as a ``TransientApiError`` (429, most 5xx, the network: worth retrying
+later) or a ``TerminalApiError`` (401, 404, 422, a bad request: retrying changes nothing), with the
+ids involved and what to do next; :func:`tasks.core.errors.transient_status` says which status is
+which. The SDK itself retries a few transient statuses within a call, honouring ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import httpx2
 from mistralai.client import Mistral, errors, models
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
+# Re-exported (the explicit form mypy wants) for tasks.results, until it asks transient_status.
+from tasks.core.errors import EnrichError, TerminalError, TransientError, transient_status
 from tasks.settings import MistralSettings
 
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"})
 ACTIVE_STATUSES = ("QUEUED", "RUNNING", "CANCELLATION_REQUESTED")
-TRANSIENT_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Statuses the SDK retries within one call (the transient ones worth holding the call open for);
+# the other transient ones (408, 409, 425, the rarer 5xx) leave as a TransientApiError at once.
+SDK_RETRIED_STATUSES = ("429", "500", "502", "503", "504")
 # Every job this project creates says so in its metadata: a listing may hold other users' jobs
 # (and may not filter at all), so nothing is reattached, adopted or cancelled without it.
 PROJECT = "mistral-batch-enrich"
@@ -30,22 +35,22 @@ PAGE_SIZE = 100
 MAX_PAGES = 200  # 20,000 jobs: a listing that filters nothing stays bounded
 
 
-class ApiError(Exception):
-    """A Mistral API call failed; ``transient`` says whether a later retry may succeed."""
-
-    transient = False
-
-
-class TransientApiError(ApiError):
-    transient = True
+class ApiError(EnrichError):
+    """A Mistral API call failed. Never raised itself: every failure is a
+    ``TransientApiError`` or a ``TerminalApiError``."""
 
 
-class TerminalApiError(ApiError):
-    pass
+class TransientApiError(ApiError, TransientError):
+    """429, most 5xx, the network: a later attempt may succeed."""
+
+
+class TerminalApiError(ApiError, TerminalError):
+    """401, 403, 422, another 4xx, 501, 505, an answer the SDK cannot read: retrying changes
+    nothing."""
 
 
 class MissingCredentialsError(TerminalApiError):
-    pass
+    """Neither an API key nor an emulator URL is set."""
 
 
 class AmbiguousCreateError(TransientApiError):
@@ -59,6 +64,9 @@ class NotFoundApiError(TerminalApiError):
 
 
 def _explain(exc: Exception, action: str) -> ApiError:
+    """The project error for an SDK or network failure of ``action``: transient or terminal as
+    :func:`transient_status` says for an HTTP answer; no answer at all is transient; anything
+    else (an answer the SDK cannot read, a bug) is terminal."""
     if isinstance(exc, errors.SDKError | errors.HTTPValidationError):
         status = exc.raw_response.status_code
         body = getattr(exc, "body", "") or ""
@@ -70,7 +78,7 @@ def _explain(exc: Exception, action: str) -> ApiError:
             )
         if status == 404:
             return NotFoundApiError(text)
-        if status in TRANSIENT_STATUS_CODES:
+        if transient_status(status):
             return TransientApiError(text + " — retrying later usually succeeds")
         return TerminalApiError(text)
     if isinstance(exc, httpx2.TransportError | errors.NoResponseError):
@@ -78,13 +86,16 @@ def _explain(exc: Exception, action: str) -> ApiError:
     return TerminalApiError(f"{action} failed: {exc!r}")
 
 
-def _ambiguous(exc: ApiError) -> bool:
-    """Whether a failed create may still have created the job: no answer, or a 5xx. A 429 or
-    another 4xx proves nothing was created."""
-    cause = exc.__cause__
-    if isinstance(cause, errors.SDKError | errors.HTTPValidationError):
-        return cause.raw_response.status_code >= 500
-    return exc.transient
+def _may_have_created(exc: Exception) -> bool:
+    """Whether a create that raised ``exc`` may still have created the job: no answer, a
+    transient 5xx, or a success the SDK could not read. A 4xx (429 included), 501 or 505 proves
+    nothing was created."""
+    if isinstance(exc, errors.ResponseValidationError):
+        return exc.status_code < 300
+    if isinstance(exc, errors.SDKError | errors.HTTPValidationError):
+        status = exc.raw_response.status_code
+        return status >= 500 and transient_status(status)
+    return isinstance(exc, httpx2.TransportError | errors.NoResponseError)
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,7 @@ class MistralGateway:
                 initial_interval=500, max_interval=30_000, exponent=2.0, max_elapsed_time=120_000
             ),
             retry_connection_errors=True,
+            status_codes_override=list(SDK_RETRIED_STATUSES),
         )
         # 429 only: a create that timed out or answered 5xx may have created the job.
         self._create_retry = RetryConfig(
@@ -234,8 +246,9 @@ class MistralGateway:
         timeout_hours: int,
     ) -> models.BatchJob:
         """One creation attempt. Only a 429 is retried here (it proves nothing was created);
-        a timeout, a connection error or a 5xx raises ``AmbiguousCreateError``: the caller
-        looks the job up before creating again."""
+        a timeout, a connection error, a transient 5xx or an unreadable success raises
+        ``AmbiguousCreateError``: the caller looks the job up before creating again. Any other
+        failure proves nothing was created and leaves as :func:`_explain` marks it."""
         try:
             return self._client.batch.jobs.create(
                 endpoint=endpoint,  # type: ignore[arg-type]
@@ -247,7 +260,7 @@ class MistralGateway:
             )
         except Exception as exc:
             explained = _explain(exc, f"Creating a batch job for file {file_id}")
-            if _ambiguous(explained):
+            if _may_have_created(exc):
                 raise AmbiguousCreateError(
                     f"{explained}; the job may exist anyway, so it is looked up before any "
                     "new attempt"

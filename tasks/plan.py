@@ -26,6 +26,7 @@ from schemas.params import CacheMode, EnrichParams, Kind
 from schemas.refs import PlanRef
 from tasks import cache, layout, storage
 from tasks.columns import BUCKET, KEY_SCHEME, REJECT, TEXT_KEY, TEXT_KEY_2
+from tasks.core.errors import TerminalError
 from tasks.failpoints import failpoint
 
 __all__ = ["BUCKET", "REJECT", "TEXT_KEY", "TEXT_KEY_2", "InputError", "plan", "plan_input"]
@@ -36,7 +37,7 @@ _EXAMPLES = 5
 MAX_TEXT_BYTES = 1 << 20
 
 
-class InputError(ValueError):
+class InputError(TerminalError):
     """The input cannot be enriched as asked; raised before any file is uploaded."""
 
 

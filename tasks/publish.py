@@ -30,11 +30,12 @@ from prefect.logging import get_logger, get_run_logger
 from schemas.params import EnrichParams, Kind
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
 from tasks import events, layout, storage
+from tasks.core.errors import TerminalError
 from tasks.failpoints import failpoint
 from tasks.validate import expected_dimension
 
 
-class ValidationFailedError(RuntimeError):
+class ValidationFailedError(TerminalError):
     """The gate refused the run's outputs; nothing was published."""
 
 

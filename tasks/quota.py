@@ -21,6 +21,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.refs import ShardRef
+from tasks.core.errors import TerminalError
 
 
 class QuotaSettings(BaseSettings):
@@ -32,7 +33,7 @@ class QuotaSettings(BaseSettings):
     size: int = Field(default=1_000_000, ge=1)
 
 
-class QuotaError(ValueError):
+class QuotaError(TerminalError):
     """A single job needs more requests than the whole quota: it could never be submitted."""
 
 

@@ -17,7 +17,7 @@ import orjson
 import polars as pl
 
 from schemas.params import EnrichParams, Kind
-from tasks.mistral import TRANSIENT_STATUS_CODES
+from tasks.core.errors import TERMINAL_5XX, TRANSIENT_STATUS_CODES
 from tasks.plan import TEXT_KEY
 from tasks.requests import INPUT_CONTEXT_TOKENS
 
@@ -310,7 +310,10 @@ def parse(
             (
                 pl.col("status_code").is_null()
                 | pl.col("status_code").is_in(transient_codes)
-                | (pl.col("status_code") >= 500)
+                | (
+                    (pl.col("status_code") >= 500)
+                    & ~pl.col("status_code").is_in(sorted(TERMINAL_5XX))
+                )
             ).alias("transient"),
         )
     )

@@ -25,13 +25,23 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tasks.core.errors import TerminalError
 from tasks.settings import StorageSettings
 
 _GLOB_CHARS = frozenset("*?[")
 
 
-class InputNotFoundError(FileNotFoundError):
+class InputNotFoundError(TerminalError):
     """The input URI names no Parquet data."""
+
+
+class UnsupportedSchemeError(TerminalError):
+    """A URI with a scheme other than ``s3://`` (or none)."""
+
+
+class CrossFilesystemMoveError(TerminalError):
+    """A file cannot be moved into place in one step: source and target are on different
+    filesystems."""
 
 
 def is_remote(uri: str) -> bool:
@@ -66,7 +76,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if is_remote(uri):
         protocol, path = uri.split("://", 1)
         if protocol not in ("s3", "s3a"):
-            raise ValueError(
+            raise UnsupportedSchemeError(
                 f"unsupported storage scheme {protocol!r} in {uri}: use s3:// or a path"
             )
         return _s3(), path
@@ -199,7 +209,7 @@ def move_into_place(source: str, target: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:  # a missing source stays a FileNotFoundError
             raise
-        raise OSError(
+        raise CrossFilesystemMoveError(
             f"cannot move {source} into place at {target} in one step ({exc}); keep the work "
             "root (`work` parameter) on the same filesystem as the output"
         ) from exc

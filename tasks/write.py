@@ -19,10 +19,16 @@ from schemas.params import EnrichParams
 from schemas.refs import CollectRef, PlanRef, WriteRef
 from schemas.tables import REJECTED
 from tasks import cache, storage
+from tasks.core.errors import TerminalError
 from tasks.failpoints import failpoint
 from tasks.memory import in_shard_slot
 from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.validate import derive
+
+
+class LostRowsError(TerminalError):
+    """A shard's rows do not add up: a bug, never retried; nothing is written for the shard."""
+
 
 _INTERNAL = (TEXT_KEY, TEXT_KEY_2, REJECT, BUCKET)
 _LINEAGE = (TEXT_KEY, "batch_job_id", "enriched_at", "result_source", "_tokens")
@@ -114,7 +120,7 @@ def enrich_rows(
         placed = [f.select(params.id_column) for f in (enriched, rejected) if f.height]
         placed_ids = pl.concat(placed or [rows.clear().select(params.id_column)])
         lost = rows.join(placed_ids, on=params.id_column, how="anti")[params.id_column].head(5)
-        raise RuntimeError(
+        raise LostRowsError(
             f"{rows.height - enriched.height - rejected.height} row(s) have neither a result nor "
             f"a recorded failure (e.g. ids {lost.to_list()}); nothing was written for this shard"
         )

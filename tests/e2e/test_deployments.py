@@ -585,8 +585,8 @@ def test_a_due_schedule_is_run_by_enrich_serve(stack: Stack, served: ChildServic
 # someone else committed. Prefect's server logs it and recovers in two places we have seen on a busy
 # 2-core machine: the worker-channel heartbeat (the channel closes, the worker reconnects) and state
 # validation (the API answers 503, `is_client_retryable_exception`, and the client sends the state
-# again). Prefect's maintainers call SQLite locking expected (PrefectHQ/prefect#19771). Anything else
-# in the log fails the test.
+# again). Prefect's maintainers call SQLite locking expected (PrefectHQ/prefect#19771). Anything
+# else in the log fails the test.
 TRANSIENT = (
     ("Worker channel heartbeat persistence failed", "database is locked"),
     ("Encountered error during state validation", "sqlite3.OperationalError: database is locked"),
