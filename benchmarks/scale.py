@@ -163,14 +163,14 @@ print(time.perf_counter() - start, rows)
 # read straight into Float32 lists, no type inference), on the same files.
 TYPED_PARSE = """
 import sys, time, polars as pl
-from schemas.params import Kind
-from tasks.results import _first_line, _output_schema
+import kinds
+from tasks.results import _first_line, _line_schema
 from pathlib import Path
-kind, paths = Kind(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+kind, paths = kinds.get(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 start = time.perf_counter()
 rows = 0
 for path in paths:
-    schema = _output_schema(kind, _first_line(path) or {})
+    schema = _line_schema(kind, _first_line(path) or {})
     rows += pl.scan_ndjson(path, schema=schema).collect().height
 print(time.perf_counter() - start, rows)
 """

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import polars as pl
 
+import kinds
 from schemas.params import EnrichParams, Kind
-from tasks.validate import derive, kind_parameters, rows_frame, validate
+from tasks.validate import derive, rows_frame, validate
 
 
 def rss_bytes() -> int:
@@ -77,9 +78,11 @@ def main() -> None:
     )
 
     def gate() -> bool:
-        derived = derive(Kind.embeddings, published, "doc")
+        derived = derive(params, published)
         kind = validate(
-            derived, "embeddings", kind_parameters(params, published.columns, derived, 1e-3)
+            derived,
+            "embeddings",
+            kinds.get("embeddings").suite_parameters(params, published.columns, derived),
         )
         everything = validate(
             rows_frame(derived["id"], pl.Series([], dtype=derived["id"].dtype)),

@@ -85,14 +85,13 @@ def show(params: EnrichParams) -> None:
     partition = Path(params.output) / f"partition={params.partition_value()}"
     table = pl.read_parquet(partition / "part-0.parquet")
     print(f"\n== {params.kind.value}: {table.height:,} rows in {Path(params.output).resolve()}")
-    preview = table.drop("embedding", strict=False).head(5)
-    if params.kind is Kind.embeddings:
-        preview = table.select(
-            "comment_id", "text", pl.col("embedding").arr.head(4).alias("embedding[:4]")
-        ).head(5)
-    if params.kind is Kind.moderation:
-        preview = table.select("comment_id", "text", "flagged", "score_violence_and_threats")
+    # Vectors shortened to their first values; flagged rows first where there is a flag.
+    vectors = [name for name, dtype in table.schema.items() if isinstance(dtype, pl.Array)]
+    preview = table.with_columns(pl.col(name).arr.head(4) for name in vectors)
+    if "flagged" in table.columns:
         preview = pl.concat([preview.filter(pl.col("flagged")).head(3), preview.head(3)])
+    lineage = ("enriched_at", "model", "batch_job_id", "result_source")
+    preview = preview.drop(*lineage, strict=False).head(6)
     with pl.Config(tbl_cols=8, fmt_str_lengths=60, tbl_width_chars=140):
         print(preview)
 

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+import kinds
+
 
 class Kind(StrEnum):
     """What to ask Mistral for each row."""
@@ -18,22 +20,6 @@ class Kind(StrEnum):
     chat_moderation = "chat-moderation"
     classification = "classification"  # zero-shot labels through /v1/chat/completions
     classifier = "classifier"  # a fine-tuned classifier through /v1/classifications
-
-
-ENDPOINTS: dict[Kind, str] = {
-    Kind.embeddings: "/v1/embeddings",
-    Kind.moderation: "/v1/moderations",
-    Kind.chat_moderation: "/v1/chat/moderations",
-    Kind.classification: "/v1/chat/completions",
-    Kind.classifier: "/v1/classifications",
-}
-
-DEFAULT_MODELS: dict[Kind, str] = {
-    Kind.embeddings: "mistral-embed",
-    Kind.moderation: "mistral-moderation-latest",
-    Kind.chat_moderation: "mistral-moderation-latest",
-    Kind.classification: "mistral-small-latest",
-}
 
 
 class CacheMode(StrEnum):
@@ -65,10 +51,6 @@ TASK_RUNNER_PATTERN = re.compile(r"threads|dask(:[1-9][0-9]?)?|(tcp|tls)://[^\s/
 MAX_PARTITION_LENGTH = 128
 PARTITION_PATTERN = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
-DEFAULT_INSTRUCTIONS = (
-    "Classify the user's text. Answer with the single label from the allowed set that fits best."
-)
-
 
 class KindOptions(BaseModel):
     """Options of the chosen kind; those of other kinds are ignored."""
@@ -85,8 +67,9 @@ class KindOptions(BaseModel):
         default_factory=list,
         description="classification: the allowed labels (at least two).",
     )
-    instructions: str = Field(
-        default=DEFAULT_INSTRUCTIONS, description="classification: the system prompt."
+    instructions: str | None = Field(
+        default=None,
+        description="classification: the system prompt; default: the kind's own.",
     )
     classifier_model: str | None = Field(
         default=None, description="classifier: the fine-tuned model id (ft:classifier:...)."
@@ -244,32 +227,16 @@ class EnrichParams(BaseModel):
 
     @model_validator(mode="after")
     def _kind_options(self) -> EnrichParams:
-        options = self.options
-        if self.kind is Kind.classification:
-            labels = options.labels
-            if len(labels) < 2 or len(set(labels)) != len(labels) or any(not x for x in labels):
-                raise ValueError(
-                    "kind 'classification' needs options.labels: two or more distinct, "
-                    f"non-empty labels (got {labels!r})"
-                )
-        if self.kind is Kind.classifier and not (options.classifier_model or options.model):
-            raise ValueError(
-                "kind 'classifier' needs options.classifier_model, e.g. "
-                "'ft:classifier:ministral-3b-latest:...'"
-            )
-        if options.output_dimension is not None and self.kind is not Kind.embeddings:
-            raise ValueError("options.output_dimension applies to kind 'embeddings' only")
+        kinds.kind_of(self).check(self.options)
         return self
 
     @property
     def model(self) -> str:
-        if self.kind is Kind.classifier:
-            return str(self.options.classifier_model or self.options.model)
-        return self.options.model or DEFAULT_MODELS[self.kind]
+        return kinds.kind_of(self).model(self.options)
 
     @property
     def endpoint(self) -> str:
-        return ENDPOINTS[self.kind]
+        return kinds.kind_of(self).endpoint
 
     def work_root(self) -> str:
         if self.work:
@@ -288,12 +255,5 @@ class EnrichParams(BaseModel):
 
     def result_options(self) -> dict[str, object]:
         """The options that change a result: part of every job's identity."""
-        options: dict[str, object] = {"kind": self.kind.value, "model": self.model}
-        if self.kind is Kind.classification:
-            options |= {
-                "labels": list(self.options.labels),
-                "instructions": self.options.instructions,
-            }
-        if self.kind is Kind.embeddings and self.options.output_dimension is not None:
-            options["output_dimension"] = self.options.output_dimension
-        return options
+        kind = kinds.kind_of(self)
+        return {"kind": self.kind.value, "model": self.model, **kind.result_options(self.options)}

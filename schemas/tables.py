@@ -1,15 +1,9 @@
-"""Output table contracts: what each kind adds to the input columns, and the rejected rows.
+"""Output table contracts: the enriched table's layout and lineage, and the rejected rows.
 
 Enriched table (one Parquet file per partition, ``<output>/partition=<value>/part-0.parquet``):
-every input column, then the kind's columns, then lineage.
-
-* embeddings — ``embedding``: ``FixedSizeList(float32, dim)`` (1024 for mistral-embed).
-* moderation, chat-moderation — ``flagged``: bool (any category flagged); ``category_<name>``: bool
-  and ``score_<name>``: float64 per category, names as the model returns them.
-* classification — ``label``: string, one of the labels asked for.
-* classifier — ``<target>_label``: string (the top label), ``<target>_score_<label>``: float64.
-* lineage — ``enriched_at``: timestamp (UTC, the run's start), ``model``: string,
-  ``batch_job_id``: string (the Mistral job that answered the row).
+every input column, then the kind's columns (each kind's module in ``kinds/`` says which), then
+lineage: ``enriched_at``: timestamp (UTC, the run's start), ``model``: string, ``batch_job_id``:
+string (the Mistral job that answered the row), ``result_source``: ``batch`` or ``cache``.
 
 Rejected rows (``<work>/rejected/partition=<value>/part-0.parquet``): the input columns plus
 ``reject_reason``, ``reject_message``, ``status_code``, ``attempts`` and ``batch_job_id``.
@@ -36,4 +30,5 @@ REJECT_REASONS: Final = {
     "api_error": "Mistral answered an error for the request (message kept)",
     "not_processed": "the batch job ended before answering, on every attempt",
     "incomplete_response": "the response held fewer results than inputs, on every attempt",
+    "invalid_answer": "the answer cannot be read as the kind asks (e.g. not a JSON object)",
 }

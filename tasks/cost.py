@@ -16,7 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.params import EnrichParams, Kind
+import kinds
+from schemas.params import EnrichParams
 from schemas.refs import Estimate, PlanRef, ShardRef
 from tasks import storage
 from tasks.core.errors import TerminalError
@@ -99,11 +100,10 @@ def load_prices(uri: str | None) -> PriceTable:
 
 
 def completion_tokens_per_text(params: EnrichParams) -> int:
-    """Estimated answer tokens per text: only chat classification generates text."""
-    if params.kind is not Kind.classification:
-        return 0
-    longest = max(params.options.labels, key=len)
-    return _tokens.text(json.dumps({"label": longest}))
+    """Estimated answer tokens per text: those of the kind's typical answer (0 when the kind
+    generates no text)."""
+    sample = kinds.kind_of(params).answer_sample(params.options)
+    return _tokens.text(sample) if sample else 0
 
 
 def check_budget(params: EnrichParams, estimated_usd: float | None, what: str) -> None:

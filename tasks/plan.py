@@ -22,7 +22,8 @@ import pyarrow.dataset as ds
 from prefect import task
 from prefect.logging import get_run_logger
 
-from schemas.params import CacheMode, EnrichParams, Kind
+import kinds
+from schemas.params import CacheMode, EnrichParams
 from schemas.refs import PlanRef
 from tasks import cache, layout, storage
 from tasks.columns import BUCKET, KEY_SCHEME, REJECT, TEXT_KEY, TEXT_KEY_2
@@ -49,25 +50,20 @@ def check_columns(schema: pa.Schema, params: EnrichParams, source: str) -> None:
                 f"{role} column {column!r} is not in {source}; available columns: "
                 f"{', '.join(available)}"
             )
+    kind = kinds.kind_of(params)
     text_type = schema.field(params.text_column).type
-    if params.kind is Kind.chat_moderation:
-        ok = _is_messages(text_type)
-        wanted = "a list of {role: string, content: string} structs"
-    else:
-        ok = pa.types.is_string(text_type) or pa.types.is_large_string(text_type)
-        wanted = "a string column"
-    if not ok:
+    if not kind.input.arrow_ok(text_type):
         raise InputError(
             f"text column {params.text_column!r} in {source} has type {text_type}; "
-            f"kind {params.kind.value!r} needs {wanted}"
+            f"kind {kind.name!r} needs {kind.input.wanted}"
         )
-
-
-def _is_messages(arrow_type: pa.DataType) -> bool:
-    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
-        return False
-    item = arrow_type.value_type
-    return pa.types.is_struct(item) and {"role", "content"} <= {f.name for f in item}
+    clashes = [c for c in kind.output_names(params.options) if c in available]
+    if clashes:
+        raise InputError(
+            f"{source} already has column(s) {', '.join(map(repr, clashes))}, which kind "
+            f"{kind.name!r} adds to the table; rename them in the input (or the properties "
+            "asked for)"
+        )
 
 
 def _location(uri: str) -> str:
@@ -130,15 +126,10 @@ def check_ids(frame: pl.LazyFrame, id_column: str, source: str) -> None:
         )
 
 
-def normalised(kind: Kind, text_column: str) -> pl.Expr:
+def normalised(params: EnrichParams) -> pl.Expr:
     """The text as it is sent and keyed: Unicode NFC (canonically equal texts are one text).
     Case and whitespace are kept: they change what the model sees."""
-    text = pl.col(text_column)
-    if kind is Kind.chat_moderation:
-        return text.list.eval(
-            pl.element().struct.with_fields(pl.field("content").str.normalize("NFC"))
-        )
-    return text.str.normalize("NFC")
+    return kinds.kind_of(params).input.normalised(pl.col(params.text_column))
 
 
 def key_seeds(params: EnrichParams) -> tuple[int, int]:
@@ -153,19 +144,15 @@ def text_keys(params: EnrichParams) -> list[pl.Expr]:
     """Two independent 64-bit hashes of (options, normalised text). The first buckets rows and
     joins results inside a run; both together (128 bits) key the content cache."""
     first, second = key_seeds(params)
-    text = normalised(params.kind, params.text_column)
+    text = normalised(params)
     return [text.hash(seed=first).alias(TEXT_KEY), text.hash(seed=second).alias(TEXT_KEY_2)]
 
 
-def reject_reason(kind: Kind, text_column: str) -> pl.Expr:
+def reject_reason(params: EnrichParams) -> pl.Expr:
     """Why a row is not sent (null when it is)."""
-    text = pl.col(text_column)
-    if kind is Kind.chat_moderation:
-        empty = text.list.len() == 0
-        size = text.list.eval(pl.element().struct.field("content").str.len_bytes()).list.sum()
-    else:
-        empty = text.str.strip_chars() == ""
-        size = text.str.len_bytes()
+    source = kinds.kind_of(params).input
+    text = pl.col(params.text_column)
+    empty, size = source.empty(text), source.size(text)
     return (
         pl.when(text.is_null())
         .then(pl.lit("null_text"))
@@ -212,9 +199,9 @@ def bucket_rows(
             for batch in dataset.to_batches(batch_size=64_000):
                 frame = pl.from_arrow(batch)
                 assert isinstance(frame, pl.DataFrame)
-                frame = frame.with_columns(
-                    *text_keys(params), reject_reason(params.kind, params.text_column)
-                ).with_columns((pl.col(TEXT_KEY) % shards).cast(pl.Int32).alias(BUCKET))
+                frame = frame.with_columns(*text_keys(params), reject_reason(params)).with_columns(
+                    (pl.col(TEXT_KEY) % shards).cast(pl.Int32).alias(BUCKET)
+                )
                 for reason, count in frame[REJECT].drop_nulls().value_counts().iter_rows():
                     rejected[reason] = rejected.get(reason, 0) + count
                 yield from frame.to_arrow().to_batches()
@@ -222,7 +209,7 @@ def bucket_rows(
         first = pl.from_arrow(dataset.schema.empty_table())
         assert isinstance(first, pl.DataFrame)
         schema = (
-            first.with_columns(*text_keys(params), reject_reason(params.kind, params.text_column))
+            first.with_columns(*text_keys(params), reject_reason(params))
             .with_columns(pl.lit(0, pl.Int32).alias(BUCKET))
             .to_arrow()
             .schema

@@ -27,12 +27,13 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 from prefect.logging import get_logger, get_run_logger
 
-from schemas.params import EnrichParams, Kind
+import kinds
+from kinds import GATE_ONLY
+from schemas.params import EnrichParams
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
 from tasks import events, layout, storage
 from tasks.core.errors import TerminalError
 from tasks.failpoints import failpoint
-from tasks.validate import expected_dimension
 
 
 class ValidationFailedError(TerminalError):
@@ -45,23 +46,24 @@ PUBLISH_KEY = b"enrich.publish"
 def combine(
     parts: list[str],
     target: str,
-    dimension: int | None,
+    vectors: tuple[str, int] | None,
     after_part: Callable[[], None] | None = None,
     footer: dict[str, Any] | None = None,
 ) -> int:
     """Stream staged parts into one Parquet file (a row group per part); returns its rows.
 
-    Embeddings become ``FixedSizeList(float32, dimension)`` here, once the gate has checked that
-    every vector has that length. ``footer`` is stored in the file's key-value metadata. The
+    The kind's vector column (``vectors``: name and length) becomes ``FixedSizeList(float32,
+    length)`` here, once the gate has checked every vector has that length; the gate-only result
+    columns are left out. ``footer`` is stored in the file's key-value metadata. The
     file is whole or absent: an error aborts it.
     """
     writer: pq.ParquetWriter | None = None
     rows = 0
     with storage.open_write(target) as sink:
         for uri in parts:
-            frame = storage.read_parquet(uri)
-            if dimension is not None and isinstance(frame.schema["embedding"], pl.List):
-                frame = frame.with_columns(pl.col("embedding").list.to_array(dimension))
+            frame = storage.read_parquet(uri).select(pl.exclude(f"^{GATE_ONLY}.*$"))
+            if vectors is not None and isinstance(frame.schema[vectors[0]], pl.List):
+                frame = frame.with_columns(pl.col(vectors[0]).list.to_array(vectors[1]))
             table = frame.to_arrow()
             if writer is None:
                 schema = table.schema
@@ -71,7 +73,7 @@ def combine(
                     sink,
                     schema,
                     compression="lz4",
-                    use_dictionary=[n for n in table.schema.names if n != "embedding"],
+                    use_dictionary=[n for n in schema.names if not vectors or n != vectors[0]],
                 )
             writer.write_table(table.cast(writer.schema))
             rows += table.num_rows
@@ -82,15 +84,17 @@ def combine(
     return rows
 
 
-def _published_dimension(params: EnrichParams, written: list[WriteRef]) -> int | None:
-    if params.kind is not Kind.embeddings:
+def _published_vectors(params: EnrichParams, written: list[WriteRef]) -> tuple[str, int] | None:
+    """The kind's vector column and its length: the model's, or the staged vectors' own."""
+    kind = kinds.kind_of(params)
+    if kind.vector_column is None:
         return None
-    dimension = expected_dimension(params)
-    if dimension is not None:
-        return dimension
-    first = next(w.enriched_uri for w in written if w.enriched_uri)
-    longest = storage.read_parquet(first)["embedding"].list.len().max()
-    return longest if isinstance(longest, int) else None
+    dimension = kind.vector_dimension(params)
+    if dimension is None:
+        first = next(w.enriched_uri for w in written if w.enriched_uri)
+        longest = storage.read_parquet(first)[kind.vector_column].list.len().max()
+        dimension = longest if isinstance(longest, int) else None
+    return None if dimension is None else (kind.vector_column, dimension)
 
 
 def footer_record(data_uri: str) -> dict[str, Any] | None:
@@ -216,8 +220,8 @@ def publish(
     staged_data = storage.join(plan.staging, "publish", layout.DATA_FILE)
     rows = 0
     if enriched:
-        dimension = _published_dimension(params, written)
-        rows = combine(enriched, staged_data, dimension, after_part, footer=record)
+        vectors = _published_vectors(params, written)
+        rows = combine(enriched, staged_data, vectors, after_part, footer=record)
     if rejected_uri is not None:
         combine(rejected, rejected_uri, None)
     storage.remove(layout.success_marker(params, partition))

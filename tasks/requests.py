@@ -17,19 +17,17 @@ import numpy as np
 import polars as pl
 from prefect import task
 
-from schemas.params import EnrichParams, Kind
+import kinds
+from kinds import Packing
+from schemas.params import EnrichParams
 from schemas.refs import PlanRef, ShardRef
 from tasks import storage
 from tasks.memory import in_shard_slot
 from tasks.plan import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2, InputError, normalised
 from tasks.tokens import TokenCounter
 
-MAX_INPUTS_PER_REQUEST = 512
-MAX_TOKENS_PER_REQUEST = 16_384
-INPUT_CONTEXT_TOKENS = 8_192
-PACKED_KINDS = frozenset({Kind.embeddings, Kind.moderation, Kind.classifier})
+INPUT_CONTEXT_TOKENS = Packing().context_tokens
 MAX_SHARD_BYTES = 400 * 1024 * 1024  # under the 512 MB file limit, with room to spare
-LABEL_SCHEMA_NAME = "classification"
 
 _tokens = TokenCounter()
 
@@ -66,43 +64,9 @@ def custom_id(shard: int, attempt: int) -> pl.Expr:
     ).alias("custom_id")
 
 
-def _classification_body(params: EnrichParams, text: str) -> pl.Expr:
-    labels = list(params.options.labels)
-    schema = pl.struct(
-        pl.lit("object").alias("type"),
-        pl.struct(
-            pl.struct(
-                pl.lit("string").alias("type"),
-                pl.lit(pl.Series([labels]), dtype=pl.List(pl.String)).first().alias("enum"),
-            ).alias("label")
-        ).alias("properties"),
-        pl.lit(pl.Series([["label"]]), dtype=pl.List(pl.String)).first().alias("required"),
-        pl.lit(False).alias("additionalProperties"),
-    )
-    messages = pl.concat_list(
-        pl.struct(
-            pl.lit("system").alias("role"), pl.lit(params.options.instructions).alias("content")
-        ),
-        pl.struct(pl.lit("user").alias("role"), pl.col(text).alias("content")),
-    )
-    return pl.struct(
-        messages.alias("messages"),
-        pl.struct(
-            pl.lit("json_schema").alias("type"),
-            pl.struct(
-                pl.lit(LABEL_SCHEMA_NAME).alias("name"),
-                schema.alias("schema"),
-                pl.lit(True).alias("strict"),
-            ).alias("json_schema"),
-        ).alias("response_format"),
-        pl.lit(0.0).alias("temperature"),
-        pl.lit(64).alias("max_tokens"),
-    ).alias("body")
-
-
 @dataclass(frozen=True)
 class BuiltRequests:
-    lines: pl.DataFrame  # custom_id, body
+    lines: pl.DataFrame  # custom_id, body (JSON text)
     manifest: pl.DataFrame  # custom_id, position, _text_key
     too_long: pl.DataFrame  # _text_key, tokens
     tokens: int
@@ -110,23 +74,18 @@ class BuiltRequests:
 
 def build(texts: pl.DataFrame, params: EnrichParams, shard: int, attempt: int) -> BuiltRequests:
     """Request lines for unique texts (``_text_key``, text column), sorted by key."""
-    text = params.text_column
-    if params.kind is Kind.chat_moderation:  # an estimate: the turns' contents, one by one
-        contents = texts.select(
-            pl.col(text).list.eval(pl.element().struct.field("content")).list.join("\n")
-        )
-        counts = _tokens.per_input(params.model, contents.to_series().to_list())
-    elif params.kind is Kind.classification:
-        counts = _tokens.per_input("chat", texts[text].to_list())
-    else:
-        counts = _tokens.per_input(params.model, texts[text].to_list())
-    texts = texts.with_columns(pl.Series("_tokens", counts))
+    kind = kinds.kind_of(params)
+    text = pl.col(params.text_column)
+    counted = texts.select(kind.input.token_text(text)).to_series().to_list()
+    texts = texts.with_columns(
+        pl.Series("_tokens", _tokens.per_input(kind.tokenizer or params.model, counted))
+    )
     too_long = pl.DataFrame(schema={TEXT_KEY: pl.UInt64, "_tokens": pl.Int64})
-    if params.kind in PACKED_KINDS:
-        over = texts["_tokens"] > INPUT_CONTEXT_TOKENS
+    if kind.packing is not None:
+        over = texts["_tokens"] > kind.packing.context_tokens
         too_long = texts.filter(over).select(TEXT_KEY, "_tokens")
         texts = texts.filter(~over)
-        line = pack(texts["_tokens"].to_numpy(), MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_REQUEST)
+        line = pack(texts["_tokens"].to_numpy(), kind.packing.max_inputs, kind.packing.max_tokens)
     else:
         line = np.arange(texts.height, dtype=np.int64)
     texts = texts.with_columns(pl.Series("_line", line)).with_columns(custom_id(shard, attempt))
@@ -136,20 +95,29 @@ def build(texts: pl.DataFrame, params: EnrichParams, shard: int, attempt: int) -
         TEXT_KEY,
         "_tokens",
     )
-    if params.kind in PACKED_KINDS:
-        grouped = texts.group_by("_line", maintain_order=True).agg(
-            pl.first("custom_id"), pl.col(text).alias("input")
+    if kind.packing is not None:
+        texts = texts.group_by("_line", maintain_order=True).agg(
+            pl.first("custom_id"), text.alias(params.text_column)
         )
-        fields = [pl.col("input")]
-        if params.kind is Kind.embeddings and params.options.output_dimension is not None:
-            fields.append(pl.lit(params.options.output_dimension).alias("output_dimension"))
-        lines = grouped.select("custom_id", pl.struct(fields).alias("body"))
-    elif params.kind is Kind.chat_moderation:
-        lines = texts.select("custom_id", pl.struct(pl.col(text).alias("input")).alias("body"))
-    else:
-        lines = texts.select("custom_id", _classification_body(params, text))
-    sent_tokens = int(texts["_tokens"].sum()) if texts.height else 0  # the estimate counts
-    return BuiltRequests(lines, manifest, too_long, sent_tokens)  # only what is sent
+    lines = texts.select("custom_id", kind.body(params, text).alias("body"))
+    # The estimate counts what is sent: the texts, and what every request adds (instructions,
+    # a schema); texts over the context are refused, not sent.
+    overhead = sum(_tokens.text(extra) for extra in kind.prompt_overhead(params.options))
+    sent_tokens = int(manifest["_tokens"].sum()) + overhead * lines.height if lines.height else 0
+    return BuiltRequests(lines, manifest, too_long, sent_tokens)
+
+
+def jsonl(lines: pl.DataFrame) -> pl.DataFrame:
+    """One batch input line per request, as JSON text (a body is JSON text already)."""
+    return lines.select(
+        pl.concat_str(
+            pl.lit('{"custom_id":"'),  # custom ids are ASCII digits and dashes
+            "custom_id",
+            pl.lit('","body":'),
+            pl.col("body"),
+            pl.lit("}"),
+        ).alias("line")
+    )
 
 
 def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame:
@@ -160,7 +128,7 @@ def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame
     rows = storage.scan_parquet(plan.rows_uri(shard))
     unique = (
         rows.filter(pl.col(REJECT).is_null())
-        .select(TEXT_KEY, TEXT_KEY_2, normalised(params.kind, params.text_column))
+        .select(TEXT_KEY, TEXT_KEY_2, normalised(params))
         .unique(maintain_order=False)
     )
     if plan.hits_uri:
@@ -197,7 +165,7 @@ def write_shard(built: BuiltRequests, plan: PlanRef, shard: int, attempt: int) -
     requests_uri = storage.join(folder, "requests.jsonl")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp, "requests.jsonl")
-        built.lines.write_ndjson(local)
+        jsonl(built.lines).write_csv(local, include_header=False, quote_style="never")
         size = local.stat().st_size
         if size > MAX_SHARD_BYTES:
             raise InputError(

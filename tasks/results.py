@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 import polars as pl
 
-from schemas.params import EnrichParams, Kind
+import kinds
+from kinds import ANSWER_ERROR, Kind
+from schemas.params import EnrichParams, KindOptions
 from tasks.core.errors import TERMINAL_5XX, TRANSIENT_STATUS_CODES
 from tasks.plan import TEXT_KEY
 from tasks.requests import INPUT_CONTEXT_TOKENS
@@ -69,49 +71,10 @@ def _pieces(path: Path, size: int | None = None) -> Iterator[bytes]:
         yield rest
 
 
-def _usage_schema() -> pl.Struct:
-    return pl.Struct({"prompt_tokens": pl.Int64, "completion_tokens": pl.Int64})
-
-
-def _scores_struct(names: list[str], value: pl.DataType | type[pl.DataType]) -> pl.Struct:
-    return pl.Struct(dict.fromkeys(names, value))
-
-
-def _output_schema(kind: Kind, sample: dict[str, Any]) -> dict[str, Any]:
-    """The fields to read from an output line; category and target names come from the data."""
-    body: dict[str, Any] = {"usage": _usage_schema()}
-    first = (sample.get("response") or {}).get("body") or {}
-    if kind is Kind.embeddings:
-        body["data"] = pl.List(pl.Struct({"embedding": pl.List(pl.Float32), "index": pl.Int64}))
-    elif kind in (Kind.moderation, Kind.chat_moderation):
-        result = (first.get("results") or [{}])[0]
-        names = list((result.get("category_scores") or {}).keys())
-        body["results"] = pl.List(
-            pl.Struct(
-                {
-                    "categories": _scores_struct(names, pl.Boolean),
-                    "category_scores": _scores_struct(names, pl.Float64),
-                }
-            )
-        )
-    elif kind is Kind.classifier:
-        result = (first.get("results") or [{}])[0]
-        targets = {
-            target: list(((spec or {}).get("scores") or {}).keys())
-            for target, spec in result.items()
-        }
-        body["results"] = pl.List(
-            pl.Struct(
-                {
-                    target: pl.Struct({"scores": _scores_struct(labels, pl.Float64)})
-                    for target, labels in targets.items()
-                }
-            )
-        )
-    else:
-        body["choices"] = pl.List(
-            pl.Struct({"message": pl.Struct({"content": pl.String}), "finish_reason": pl.String})
-        )
+def _line_schema(kind: Kind, sample: dict[str, Any]) -> dict[str, Any]:
+    """The fields to read from an output line: the kind's body fields and the usage."""
+    usage = pl.Struct({"prompt_tokens": pl.Int64, "completion_tokens": pl.Int64})
+    body = {"usage": usage, **kind.output_schema(sample)}
     return {
         "custom_id": pl.String,
         "response": pl.Struct({"status_code": pl.Int64, "body": pl.Struct(body)}),
@@ -119,61 +82,51 @@ def _output_schema(kind: Kind, sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _items(kind: Kind, frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per answered input: custom_id, position, the raw result fields."""
-    body = pl.col("response").struct.field("body")
-    if kind is Kind.embeddings:
-        return (
-            frame.select("custom_id", body.struct.field("data").alias("item"))
-            .explode("item")
-            .select(
-                "custom_id",
-                pl.col("item").struct.field("index").alias("position"),
-                pl.col("item").struct.field("embedding").alias("embedding"),
-            )
+@dataclass(frozen=True)
+class Answers:
+    lines: pl.DataFrame  # custom_id of every answered line
+    items: pl.DataFrame  # custom_id, position, the kind's result columns
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def read_answers(kind: Kind, options: KindOptions, output: Path | None) -> Answers:
+    """The output file's answered lines, a piece at a time: only the result columns outlive
+    their piece, never the whole file's JSON text nor its full response structs."""
+    # Category and target names are read off the first answer; other kinds need no sample.
+    sample = (_first_line(output) if kind.named_results else {}) if output is not None else None
+    lines: list[pl.DataFrame] = []
+    items: list[pl.DataFrame] = []
+    prompt_tokens = completion_tokens = 0
+    if output is not None and sample is not None and output.stat().st_size:
+        schema = _line_schema(kind, sample)
+        body = pl.col("response").struct.field("body")
+        for piece in _pieces(output):
+            ok = _answered(pl.read_ndjson(piece, schema=schema))
+            usage = ok.select(body.struct.field("usage")).unnest("usage")
+            prompt_tokens += int(usage["prompt_tokens"].sum() or 0)
+            completion_tokens += int(usage["completion_tokens"].sum() or 0)
+            lines.append(ok.select("custom_id"))
+            items.append(kind.results(kind.items(body, ok), options))
+    if not lines:
+        return Answers(
+            pl.DataFrame(schema={"custom_id": pl.String}),
+            pl.DataFrame(schema={"custom_id": pl.String, "position": pl.Int64}),
+            prompt_tokens,
+            completion_tokens,
         )
-    if kind in (Kind.moderation, Kind.chat_moderation, Kind.classifier):
-        return (
-            frame.select("custom_id", body.struct.field("results").alias("item"))
-            .explode("item")
-            .with_columns(pl.int_range(pl.len()).over("custom_id").cast(pl.Int64).alias("position"))
-        )
-    return frame.select(
-        "custom_id",
-        pl.lit(0, pl.Int64).alias("position"),
-        body.struct.field("choices").list.first().alias("choice"),
+    return Answers(
+        pl.concat(lines),
+        pl.concat(items, how="diagonal_relaxed"),
+        prompt_tokens,
+        completion_tokens,
     )
 
 
-def _result_columns(kind: Kind, items: pl.DataFrame, params: EnrichParams) -> pl.DataFrame:
-    """Rows of (custom_id, position, result columns)."""
-    keys = ["custom_id", "position"]
-    if kind is Kind.embeddings:
-        return items
-    if kind in (Kind.moderation, Kind.chat_moderation):
-        categories = items["item"].struct.field("categories").struct.unnest()
-        scores = items["item"].struct.field("category_scores").struct.unnest()
-        flags = categories.rename({c: f"category_{c}" for c in categories.columns})
-        values = scores.rename({c: f"score_{c}" for c in scores.columns})
-        flagged = pl.any_horizontal(pl.all()).alias("flagged") if flags.width else pl.lit(False)
-        return pl.concat(
-            [items.select(keys), flags.select(flagged), flags, values], how="horizontal"
-        )
-    if kind is Kind.classifier:
-        parts = [items.select(keys)]
-        for target in items["item"].struct.fields:
-            scores = items["item"].struct.field(target).struct.field("scores").struct.unnest()
-            labels = scores.columns
-            best = pl.concat_list(pl.all()).list.arg_max()
-            top = scores.select(best.alias("i"))["i"]
-            parts.append(
-                pl.DataFrame({f"{target}_label": pl.Series(labels, dtype=pl.String).gather(top)})
-            )
-            parts.append(scores.rename({label: f"{target}_score_{label}" for label in labels}))
-        return pl.concat(parts, how="horizontal")
-    # The label is kept as answered: the validation gate, not the parser, judges the label set.
-    content = pl.col("choice").struct.field("message").struct.field("content")
-    return items.select(*keys, content.str.json_path_match("$.label").alias("label"))
+def _answered(frame: pl.DataFrame) -> pl.DataFrame:
+    """The lines that carry an answer; failures usually come in the error file, rarely here."""
+    failed = (pl.col("response").struct.field("status_code") >= 400) | pl.col("error").is_not_null()
+    return frame.filter(~failed.fill_null(False))
 
 
 def _error_lines(path: Path | None) -> pl.DataFrame:
@@ -216,6 +169,9 @@ def _error_message(body: Any, error: Any, status: int | None) -> str:
     return f"HTTP {status}" if status else "unknown error"
 
 
+KEYS = ["custom_id", "position"]
+
+
 def parse(
     params: EnrichParams,
     manifest: pl.DataFrame,
@@ -225,118 +181,102 @@ def parse(
     job_status: str,
 ) -> Parsed:
     """Join a job's answers back to the manifest; see the module docstring."""
-    kind = params.kind
-    lines = pl.DataFrame(schema={"custom_id": pl.String})
-    items = pl.DataFrame(
-        schema={
-            "custom_id": pl.String,
-            "position": pl.Int64,
-            "_present": pl.Boolean,
-        }
-    )
-    prompt_tokens = completion_tokens = 0
-    # Category and target names are read off the first answer; embeddings need no sample.
-    named = kind in (Kind.moderation, Kind.chat_moderation, Kind.classifier)
-    sample = (_first_line(output) if named else {}) if output is not None else None
-    if output is not None and sample is not None and output.stat().st_size:
-        schema = _output_schema(kind, sample)
-        parts_lines, parts_items = [], []
-        # A piece of the file at a time: only the result columns outlive their piece, never the
-        # whole file's JSON text nor its full response structs.
-        for piece in _pieces(output):
-            ok = pl.read_ndjson(piece, schema=schema)
-            failed_here = ok.select(
-                (pl.col("response").struct.field("status_code") >= 400)
-                | pl.col("error").is_not_null()
-            ).to_series()
-            if failed_here.any():  # rare: failures usually come in the error file
-                ok = ok.filter(~failed_here)
-            usage = ok.select(pl.col("response").struct.field("body").struct.field("usage")).unnest(
-                "usage"
-            )
-            prompt_tokens += int(usage["prompt_tokens"].sum() or 0)
-            completion_tokens += int(usage["completion_tokens"].sum() or 0)
-            parts_lines.append(ok.select("custom_id"))
-            parts_items.append(_result_columns(kind, _items(kind, ok), params))
-            del ok, piece
-        if parts_lines:
-            lines = pl.concat(parts_lines)
-            items = pl.concat(parts_items, how="diagonal_relaxed").with_columns(
-                pl.lit(True).alias("_present")
-            )
-    error_lines = _error_lines(errors)
-
+    answers = read_answers(kinds.kind_of(params), params.options, output)
+    lines, error_lines = answers.lines, _error_lines(errors)
     answered = pl.concat([lines, error_lines.select("custom_id")])
-    duplicate_lines = answered.height - answered["custom_id"].n_unique()
     # The first answer wins: an output line before an error line for the same custom_id.
-    if items.select(pl.struct("custom_id", "position").is_duplicated().any()).item():
-        items = items.unique(["custom_id", "position"], keep="first", maintain_order=True)
+    items = answers.items
+    if items.select(pl.struct(KEYS).is_duplicated().any()).item():
+        items = items.unique(KEYS, keep="first", maintain_order=True)
     error_lines = error_lines.filter(~pl.col("custom_id").is_in(lines["custom_id"].implode()))
     error_lines = error_lines.unique("custom_id", keep="first", maintain_order=True)
 
-    keys = ["custom_id", "position"]
+    usable, unusable = _split_unusable(items)
+    results = _results(manifest, usable, job_id)
+    # Bookkeeping on narrow columns only: which inputs were answered, and how.
+    narrow = manifest.join(
+        items.select(*KEYS, pl.lit(True).alias("_present")), on=KEYS, how="left"
+    ).select(TEXT_KEY, "custom_id", "_present")
+    del items, usable
     answered_ok = pl.col("custom_id").is_in(lines["custom_id"].implode())
     answered_err = pl.col("custom_id").is_in(error_lines["custom_id"].implode())
-    result_cols = [c for c in items.columns if c not in (*keys, "_present")]
-    tokens = ["_tokens"] if "_tokens" in manifest.columns else []  # kept for the cache
-    # The wide columns (vectors) are joined once: every item comes from an answered line, so
-    # the inner join is exactly the answered inputs. The bookkeeping below uses narrow columns.
-    results = manifest.join(items, on=keys, how="inner").select(
-        TEXT_KEY, *result_cols, *tokens, pl.lit(job_id).alias("batch_job_id")
-    )
-    narrow = manifest.join(items.select(*keys, "_present"), on=keys, how="left").select(
-        TEXT_KEY, "custom_id", "_present"
-    )
-    del items
-    matched = narrow.filter(answered_ok)
-
-    incomplete = matched.filter(pl.col("_present").is_null()).select(
-        TEXT_KEY,
-        pl.lit("incomplete_response").alias("reason"),
-        pl.lit(None, pl.Int64).alias("status_code"),
-        pl.lit("the response held fewer results than inputs").alias("message"),
-        pl.lit(True).alias("transient"),
-    )
-    transient_codes = pl.lit(sorted(TRANSIENT_STATUS_CODES), dtype=pl.List(pl.Int64)).first()
-    api_failed = (
-        narrow.filter(answered_err & ~answered_ok)
-        .select(TEXT_KEY, "custom_id")
-        .join(error_lines, on="custom_id")
-        .select(
-            TEXT_KEY,
-            pl.lit("api_error").alias("reason"),
-            "status_code",
-            "message",
-            (
-                pl.col("status_code").is_null()
-                | pl.col("status_code").is_in(transient_codes)
-                | (
-                    (pl.col("status_code") >= 500)
-                    & ~pl.col("status_code").is_in(sorted(TERMINAL_5XX))
-                )
-            ).alias("transient"),
-        )
-    )
     unanswered = narrow.filter(~answered_ok & ~answered_err)
-    missing_lines = unanswered["custom_id"].n_unique()
-    not_answered = unanswered.select(
-        TEXT_KEY,
-        pl.lit("not_processed").alias("reason"),
-        pl.lit(None, pl.Int64).alias("status_code"),
-        pl.lit(f"not answered: batch job {job_id} ended {job_status}").alias("message"),
-        pl.lit(True).alias("transient"),
-    )
-    failures = pl.concat([incomplete, api_failed, not_answered]).with_columns(
-        pl.lit(job_id).alias("batch_job_id")
-    )
+    failures = pl.concat(
+        [
+            _incomplete(narrow.filter(answered_ok)),
+            _invalid(manifest, unusable),
+            _api_failed(narrow.filter(answered_err & ~answered_ok), error_lines),
+            _not_answered(unanswered, job_id, job_status),
+        ]
+    ).with_columns(pl.lit(job_id).alias("batch_job_id"))
     return Parsed(
         results=results,
         failures=failures.select(FAILURE_SCHEMA.keys()).cast(FAILURE_SCHEMA),  # type: ignore[arg-type]
-        missing_lines=missing_lines,
-        duplicate_lines=duplicate_lines,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+        missing_lines=unanswered["custom_id"].n_unique(),
+        duplicate_lines=answered.height - answered["custom_id"].n_unique(),
+        prompt_tokens=answers.prompt_tokens,
+        completion_tokens=answers.completion_tokens,
     )
+
+
+def _split_unusable(items: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(usable answers, unusable ones with the kind's reason): a kind may judge an answer
+    unusable (``ANSWER_ERROR``), e.g. extract's answer that is not a JSON object."""
+    if ANSWER_ERROR not in items.columns:
+        return items, pl.DataFrame(
+            schema={"custom_id": pl.String, "position": pl.Int64, ANSWER_ERROR: pl.String}
+        )
+    bad = pl.col(ANSWER_ERROR).is_not_null()
+    unusable = items.filter(bad).select(*KEYS, ANSWER_ERROR)
+    return items.filter(~bad).drop(ANSWER_ERROR), unusable
+
+
+def _results(manifest: pl.DataFrame, items: pl.DataFrame, job_id: str) -> pl.DataFrame:
+    """The answered inputs with their result columns. The wide columns (vectors) are joined
+    once: every item comes from an answered line, so the inner join is exactly those inputs."""
+    result_cols = [c for c in items.columns if c not in KEYS]
+    tokens = ["_tokens"] if "_tokens" in manifest.columns else []  # kept for the cache
+    return manifest.join(items, on=KEYS, how="inner").select(
+        TEXT_KEY, *result_cols, *tokens, pl.lit(job_id).alias("batch_job_id")
+    )
+
+
+def _failure(reason: str, message: pl.Expr, transient: pl.Expr | bool) -> list[pl.Expr]:
+    status = pl.col("status_code") if reason == "api_error" else pl.lit(None, pl.Int64)
+    return [
+        pl.col(TEXT_KEY),
+        pl.lit(reason).alias("reason"),
+        status.alias("status_code"),
+        message.alias("message"),
+        (transient if isinstance(transient, pl.Expr) else pl.lit(transient)).alias("transient"),
+    ]
+
+
+def _incomplete(answered: pl.DataFrame) -> pl.DataFrame:
+    missing = answered.filter(pl.col("_present").is_null())
+    message = pl.lit("the response held fewer results than inputs")
+    return missing.select(_failure("incomplete_response", message, transient=True))
+
+
+def _invalid(manifest: pl.DataFrame, unusable: pl.DataFrame) -> pl.DataFrame:
+    rows = manifest.select(TEXT_KEY, *KEYS).join(unusable, on=KEYS, how="inner")
+    return rows.select(_failure("invalid_answer", pl.col(ANSWER_ERROR), transient=False))
+
+
+def _api_failed(failed: pl.DataFrame, error_lines: pl.DataFrame) -> pl.DataFrame:
+    status = pl.col("status_code")
+    transient = (
+        status.is_null()
+        | status.is_in(sorted(TRANSIENT_STATUS_CODES))
+        | ((status >= 500) & ~status.is_in(sorted(TERMINAL_5XX)))  # as errors.transient_status
+    )
+    rows = failed.select(TEXT_KEY, "custom_id").join(error_lines, on="custom_id")
+    return rows.select(_failure("api_error", pl.col("message"), transient))
+
+
+def _not_answered(unanswered: pl.DataFrame, job_id: str, job_status: str) -> pl.DataFrame:
+    message = pl.lit(f"not answered: batch job {job_id} ended {job_status}")
+    return unanswered.select(_failure("not_processed", message, transient=True))
 
 
 def too_long_failures(too_long: pl.DataFrame) -> pl.DataFrame:

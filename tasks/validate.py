@@ -21,20 +21,13 @@ import polars as pl
 from prefect import task
 from prefect.logging import get_run_logger
 
-from schemas.params import EnrichParams, Kind
+import kinds
+from schemas.params import EnrichParams
 from schemas.refs import FailedCheck, GateRef, PlanRef, WriteRef
 from tasks import storage
 from tasks.failpoints import failpoint
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "schemas" / "expectations"
-SUITE_FOR_KIND = {
-    Kind.embeddings: "embeddings",
-    Kind.moderation: "moderation",
-    Kind.chat_moderation: "moderation",
-    Kind.classification: "classification",
-    Kind.classifier: "classifier",
-}
-KNOWN_DIMENSIONS = {"mistral-embed": 1024, "codestral-embed": 1536}
 _EXAMPLES = 5
 _GX_LOCK = threading.Lock()  # GX contexts and datasources are not safe across threads
 
@@ -54,88 +47,10 @@ def suite_definition(name: str) -> dict[str, Any]:
     return definition
 
 
-def expected_dimension(params: EnrichParams) -> int | None:
-    if params.options.output_dimension is not None:
-        return params.options.output_dimension
-    return KNOWN_DIMENSIONS.get(params.model.removesuffix("-latest"))
-
-
-def _vector_stats(column: pl.Series) -> pl.DataFrame:
-    """Length, non-finite count and L2 norm of each vector, with numpy on the flat values."""
-    if isinstance(column.dtype, pl.List) and column.null_count() == 0 and len(column):
-        widths = column.list.len()
-        width = widths.min()
-        if isinstance(width, int) and width > 0 and width == widths.max():
-            # The usual case, every vector as long: a fixed-width view, no float64 copies.
-            column = column.list.to_array(width)
-    if isinstance(column.dtype, pl.Array):
-        width = column.dtype.size
-        values = column.to_numpy().reshape(len(column), width)  # a view: no copy of the vectors
-        lengths = np.where(column.is_null().to_numpy(), np.nan, width)
-        squares = np.einsum("ij,ij->i", values, values, dtype=np.float64)
-        # A NaN or inf makes the row's sum of squares non-finite: count values in those rows only.
-        nonfinite = np.zeros(len(column), dtype=np.int64)
-        suspect = np.flatnonzero(~np.isfinite(squares))
-        if suspect.size:
-            nonfinite[suspect] = (~np.isfinite(values[suspect])).sum(axis=1)
-    else:
-        lengths_series = column.list.len()
-        lengths = lengths_series.cast(pl.Float64).to_numpy()
-        counts = lengths_series.fill_null(0).to_numpy().astype(np.int64)
-        flat = column.explode().drop_nulls().to_numpy().astype(np.float64)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        nonempty = counts > 0
-        squares = np.zeros(len(column))
-        nonfinite = np.zeros(len(column), dtype=np.int64)
-        if flat.size:
-            squares[nonempty] = np.add.reduceat(flat * flat, starts[nonempty])
-            bad = (~np.isfinite(flat)).astype(np.int64)
-            nonfinite[nonempty] = np.add.reduceat(bad, starts[nonempty])
-    with np.errstate(invalid="ignore"):
-        norms = np.sqrt(squares)
-    return pl.DataFrame(
-        {
-            "embedding_length": pl.Series(lengths, dtype=pl.Float64).fill_nan(None),
-            "embedding_nonfinite": nonfinite,
-            "embedding_norm": pl.Series(norms, dtype=pl.Float64).fill_nan(None),
-        }
-    )
-
-
-def derive(kind: Kind, published: pl.DataFrame, id_column: str) -> pl.DataFrame:
-    """The narrow frame GX validates for ``kind``: the id plus derived columns."""
-    ids = published.select(pl.col(id_column).alias("id"))
-    if kind is Kind.embeddings:
-        return pl.concat([ids, _vector_stats(published["embedding"])], how="horizontal")
-    if kind in (Kind.moderation, Kind.chat_moderation):
-        scores = pl.col("^score_.*$").cast(pl.Float64)
-        return pl.concat(
-            [
-                ids,
-                published.select(
-                    pl.min_horizontal(scores).alias("score_min"),
-                    pl.max_horizontal(scores).alias("score_max"),
-                    (pl.col("flagged") == pl.any_horizontal(pl.col("^category_.*$")))
-                    .fill_null(False)
-                    .alias("flagged_consistent"),
-                ),
-            ],
-            how="horizontal",
-        )
-    if kind is Kind.classification:
-        return pl.concat([ids, published.select("label")], how="horizontal")
-    scores = pl.col("^.*_score_.*$").cast(pl.Float64)
-    return pl.concat(
-        [
-            ids,
-            published.select(
-                pl.min_horizontal(scores).alias("score_min"),
-                pl.max_horizontal(scores).alias("score_max"),
-                pl.sum_horizontal(pl.col("^.*_label$").is_not_null()).alias("labels_present"),
-            ),
-        ],
-        how="horizontal",
-    )
+def derive(params: EnrichParams, enriched: pl.DataFrame) -> pl.DataFrame:
+    """The narrow frame GX validates for the run's kind: the id plus derived columns."""
+    ids = enriched.select(pl.col(params.id_column).alias("id"))
+    return kinds.kind_of(params).checks(enriched, ids, params.options)
 
 
 def rows_frame(published_ids: pl.Series, rejected_ids: pl.Series) -> pl.DataFrame:
@@ -146,27 +61,6 @@ def rows_frame(published_ids: pl.Series, rejected_ids: pl.Series) -> pl.DataFram
             pl.DataFrame({"id": rejected_ids.cast(published_ids.dtype), "_rejected": True}),
         ]
     )
-
-
-def kind_parameters(
-    params: EnrichParams, columns: list[str], derived: pl.DataFrame, norm_tolerance: float
-) -> dict[str, Any]:
-    """Run-time values for the kind's suite."""
-    if params.kind is Kind.embeddings:
-        dimension = expected_dimension(params)
-        if dimension is None:  # an unknown model: hold every vector to the most common length
-            lengths = derived["embedding_length"].drop_nulls().cast(pl.Int64)
-            dimension = int(lengths.mode().sort()[0]) if lengths.len() else 0
-        return {
-            "dimension": dimension,
-            "min_norm": 1.0 - norm_tolerance,
-            "max_norm": 1.0 + norm_tolerance,
-        }
-    if params.kind is Kind.classification:
-        return {"labels": list(params.options.labels)}
-    if params.kind is Kind.classifier:
-        return {"targets": sum(1 for c in columns if c.endswith("_label"))}
-    return {}
 
 
 @lru_cache(maxsize=1)
@@ -308,8 +202,8 @@ def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRe
         derived = pl.concat(checks, how="diagonal_relaxed")
         first = next(w.enriched_uri for w in written if w.enriched_uri)
         columns = storage.parquet_dataset(first).schema.names
-        parameters = kind_parameters(params, columns, derived, params.norm_tolerance)
-        runs.append((derived, SUITE_FOR_KIND[params.kind], parameters))
+        kind = kinds.kind_of(params)
+        runs.append((derived, kind.suite, kind.suite_parameters(params, columns, derived)))
     results = [validate(frame, suite, parameters) for frame, suite, parameters in runs]
     result_uri = storage.join(plan.staging, "validation.json")
     storage.write_json(result_uri, {r.suite: r.raw for r in results})

@@ -160,7 +160,7 @@ def write_shard(
         enriched_uri = staged(plan, "enriched", shard)
         storage.write_parquet(enriched.to_arrow(), enriched_uri)
         checks_uri = staged(plan, "checks", shard)
-        checks = derive(params.kind, enriched, params.id_column)
+        checks = derive(params, enriched)
         storage.write_parquet(checks.to_arrow(), checks_uri)
         failpoint("write")
     if rejected.height:

@@ -12,11 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kinds import Packing
 from schemas.params import EnrichParams, Kind, KindOptions
 from tasks import results
 from tasks.plan import TEXT_KEY
-from tasks.requests import MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_REQUEST, build, pack
+from tasks.requests import build, jsonl, pack
 from tasks.results import parse
+
+MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_REQUEST = Packing().max_inputs, Packing().max_tokens
 
 
 @settings(max_examples=200, deadline=None)
@@ -106,7 +109,7 @@ def test_packing_then_unpacking_gives_every_text_its_own_result(
         .sort(TEXT_KEY)
     )
     built = build(frame.select(TEXT_KEY, "text"), params, shard=3, attempt=0)
-    lines = [json.loads(line) for line in built.lines.write_ndjson().split("\n") if line]
+    lines = [json.loads(line) for line in jsonl(built.lines)["line"]]
     assert sum(len(line["body"]["input"]) for line in lines) == len(texts)
     assert len({line["custom_id"] for line in lines}) == len(lines)
 

@@ -8,8 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+import kinds
 from schemas.params import EnrichParams, Kind, KindOptions
-from tasks.validate import SUITE_FOR_KIND, derive, kind_parameters, rows_frame, validate
+from tasks.validate import derive, rows_frame, validate
 
 
 def params(kind: Kind, **options: Any) -> EnrichParams:
@@ -30,9 +31,10 @@ def unit_vectors(n: int, dim: int = 1024) -> np.ndarray:
 
 def check(kind: Kind, published: pl.DataFrame, **options: Any) -> list[str]:
     run = params(kind, **options)
-    derived = derive(kind, published, "doc")
+    derived = derive(run, published)
+    plugin = kinds.get(kind)
     result = validate(
-        derived, SUITE_FOR_KIND[kind], kind_parameters(run, published.columns, derived, 1e-3)
+        derived, plugin.suite, plugin.suite_parameters(run, published.columns, derived)
     )
     return [f"{f.expectation}:{f.column}:{f.example_ids}" for f in result.failures]
 
