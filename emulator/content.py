@@ -146,6 +146,9 @@ def choose_label(options: Sequence[Any], text: str, salt: str) -> Any:
     return options[int(unit_draw(salt, text) * len(options))]
 
 
+_COMBINATORS = ("anyOf", "oneOf", "allOf")
+
+
 class SchemaError(ValueError):
     """The response_format schema uses something the emulator cannot satisfy."""
 
@@ -155,25 +158,47 @@ def instance_for(
 ) -> Any:
     """A JSON value valid for ``schema`` (the subset structured outputs use), shaped by ``text``."""
     root = schema if root is None else root
-    if "$ref" in schema:
-        return instance_for(_resolve(root, schema["$ref"]), text, root)
+    schema = _followed(schema, root)
     if "const" in schema:
         return schema["const"]
     if "enum" in schema:
         return choose_label(list(schema["enum"]), text, salt=repr(schema["enum"]))
-    for combinator in ("anyOf", "oneOf", "allOf"):
-        if combinator in schema:
-            options = [s for s in schema[combinator] if s.get("type") != "null"]
-            return instance_for((options or schema[combinator])[0], text, root)
-    kind = schema.get("type", "object" if "properties" in schema else "string")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
+    kind = _declared_type(schema)
     if kind == "object":
         properties = schema.get("properties", {})
         return {name: instance_for(sub, text, root) for name, sub in properties.items()}
     if kind == "array":
         count = max(1, int(schema.get("minItems", 1)))
         return [instance_for(schema.get("items", {}), text, root) for _ in range(count)]
+    return _scalar_for(kind, schema, text)
+
+
+def _followed(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The schema a generated value follows: ``$ref`` resolved and, unless the value is fixed
+    (``const``, ``enum``), the first non-null option of ``anyOf``/``oneOf``/``allOf`` taken."""
+    while True:
+        if "$ref" in schema:
+            schema = _resolve(root, schema["$ref"])
+            continue
+        if "const" in schema or "enum" in schema:
+            return schema
+        combinator = next((c for c in _COMBINATORS if c in schema), None)
+        if combinator is None:
+            return schema
+        options = [s for s in schema[combinator] if s.get("type") != "null"]
+        schema = (options or schema[combinator])[0]
+
+
+def _declared_type(schema: Mapping[str, Any]) -> str:
+    """The type a schema asks for: the first non-null one of a list; an object when it lists
+    properties, else a string, when it names none."""
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    return str(kind)
+
+
+def _scalar_for(kind: str, schema: Mapping[str, Any], text: str) -> Any:
     if kind == "string":
         value = " ".join(text.split()[:6]) or "emulated"
         value = value[: schema.get("maxLength", len(value))]
@@ -188,6 +213,49 @@ def instance_for(
     if kind == "null":
         return None
     raise SchemaError(f"unsupported JSON schema type {kind!r}")
+
+
+def admitted_types(
+    schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
+) -> frozenset[str] | None:
+    """The JSON types a value valid for ``schema`` may have; None when any type may do.
+
+    Types are JSON's (``"integer"`` for whole numbers, ``"number"`` for the others), so a schema
+    asking for ``number`` admits ``{"number", "integer"}``. ``allOf`` is read as ``anyOf``: wider,
+    so a type outside the answer is outside the schema.
+    """
+    root = schema if root is None else root
+    if "$ref" in schema:
+        return admitted_types(_resolve(root, schema["$ref"]), root)
+    if "const" in schema or "enum" in schema:
+        values = [schema["const"]] if "const" in schema else schema["enum"]
+        return frozenset(json_type(value) for value in values)
+    combinator = next((c for c in _COMBINATORS if c in schema), None)
+    if combinator is not None:
+        options = [admitted_types(option, root) for option in schema[combinator]]
+        if any(types is None for types in options):
+            return None
+        return frozenset().union(*(types for types in options if types is not None))
+    kind = schema.get("type", "object" if "properties" in schema else None)
+    if kind is None:
+        return None
+    kinds = frozenset(kind if isinstance(kind, list) else [kind])
+    return kinds | {"integer"} if "number" in kinds else kinds
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def _resolve(root: Mapping[str, Any], ref: str) -> Mapping[str, Any]:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emulator import content
 from emulator.catalog import EMBED_MODELS, MODERATION_MODELS, Catalog
+from emulator.tokens import TokenMeter, content_text
 from emulator.vectors_json import json_rows
-from tasks.tokens import TokenCounter, message_text
 
 MAX_EMBEDDING_INPUTS = 512
 MAX_EMBEDDING_TOKENS = 16_384
@@ -44,6 +44,9 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        return content_text(self.content)
 
 
 Inputs = str | Annotated[list[str], Field(min_length=1)]
@@ -181,9 +184,9 @@ def _as_list(value: Any) -> list[Any]:
 class Engine:
     """Answers inference requests; safe to share between the HTTP routes and the job runner."""
 
-    def __init__(self, catalog: Catalog, tokens: TokenCounter | None = None) -> None:
+    def __init__(self, catalog: Catalog, tokens: TokenMeter | None = None) -> None:
         self.catalog = catalog
-        self.tokens = tokens or TokenCounter()
+        self.tokens = tokens or TokenMeter()
 
     def call(
         self, endpoint: str, body: Any, default_model: str | None = None
@@ -223,7 +226,7 @@ class Engine:
                 "invalid_request_prompt",
                 "3210",
             )
-        counts = self.tokens.per_input(request.model, texts)
+        counts = self.tokens.inputs(request.model, texts)
         if counts.size and int(counts.max()) > EMBEDDING_CONTEXT:
             raise ApiError(
                 400,
@@ -269,7 +272,7 @@ class Engine:
             "id": uuid.uuid4().hex,
             "model": model,
             "results": content.moderate(model, texts, categories),
-            "usage": _usage(int(self.tokens.per_input(model, texts).sum())),
+            "usage": _usage(int(self.tokens.inputs(model, texts).sum())),
         }
 
     def _moderations(self, request: ModerationRequest) -> dict[str, Any]:
@@ -283,7 +286,7 @@ class Engine:
             else [request.input],
         )
         # The model judges the last turn of each conversation.
-        texts = [message_text(conv[-1].model_dump()) if conv else "" for conv in conversations]
+        texts = [conv[-1].text() if conv else "" for conv in conversations]
         return self._moderation_response(request.model, texts)
 
     def _classifier_targets(self, model: str) -> dict[str, dict[str, list[str]]]:
@@ -298,7 +301,7 @@ class Engine:
             "id": uuid.uuid4().hex,
             "model": model,
             "results": content.classify(model, texts, targets),
-            "usage": _usage(int(self.tokens.per_input(model, texts).sum())),
+            "usage": _usage(int(self.tokens.inputs(model, texts).sum())),
         }
 
     def _classifications(self, request: ClassificationRequest) -> dict[str, Any]:
@@ -306,7 +309,7 @@ class Engine:
 
     def _chat_classifications(self, request: ChatClassificationRequest) -> dict[str, Any]:
         inputs = _as_list(request.input)
-        texts = [" ".join(message_text(m.model_dump()) for m in item.messages) for item in inputs]
+        texts = [" ".join(m.text() for m in item.messages) for item in inputs]
         return self._classification_response(request.model, texts)
 
     def _chat_completions(self, request: ChatCompletionRequest) -> dict[str, Any]:
@@ -316,34 +319,19 @@ class Engine:
             raise ApiError(
                 400, "Streaming is not supported by the emulator.", "invalid_request_error"
             )
-        messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        text = " ".join(message_text(m) for m in messages if m["role"] == "user")
-        fmt = request.response_format
-        if fmt is not None and fmt.type == "json_schema":
-            if fmt.json_schema is None:
-                raise ApiError(
-                    400, "response_format json_schema needs a json_schema", "invalid_request_error"
-                )
-            try:
-                value = content.instance_for(fmt.json_schema.schema_definition, text)
-            except content.SchemaError as exc:
-                raise ApiError(400, str(exc), "invalid_request_error") from exc
-            answer = orjson.dumps(value).decode()
-        elif fmt is not None and fmt.type == "json_object":
-            answer = orjson.dumps({"answer": content.chat_answer(request.model, text)}).decode()
-        else:
-            answer = content.chat_answer(request.model, text)
+        answer = _chat_answer(request)
         finish_reason = "stop"
-        completion = self.tokens.text(answer)
+        completion = self.tokens.completion(answer)
         if request.max_tokens is not None and completion > request.max_tokens:
             # Cut the answer as the model would stop: roughly four characters a token.
             answer = answer[: request.max_tokens * 4]
             completion, finish_reason = request.max_tokens, "length"
+        transcript = [m.model_dump(exclude_none=True) for m in request.messages]
         return {
             "id": uuid.uuid4().hex,
             "object": "chat.completion",
             "model": request.model,
-            "usage": _usage(self.tokens.chat_prompt(messages), completion),
+            "usage": _usage(self.tokens.prompt(transcript), completion),
             "created": int(time.time()),
             "choices": [
                 {
@@ -353,3 +341,22 @@ class Engine:
                 }
             ],
         }
+
+
+def _chat_answer(request: ChatCompletionRequest) -> str:
+    """The whole answer, in the requested response format, before any ``max_tokens`` cut."""
+    text = " ".join(m.text() for m in request.messages if m.role == "user")
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return content.chat_answer(request.model, text)
+    if fmt.type == "json_object":
+        return orjson.dumps({"answer": content.chat_answer(request.model, text)}).decode()
+    if fmt.json_schema is None:
+        raise ApiError(
+            400, "response_format json_schema needs a json_schema", "invalid_request_error"
+        )
+    try:
+        value = content.instance_for(fmt.json_schema.schema_definition, text)
+    except content.SchemaError as exc:
+        raise ApiError(400, str(exc), "invalid_request_error") from exc
+    return orjson.dumps(value).decode()

@@ -32,7 +32,7 @@ are not drawn: they hold for every call. Example::
       match_metadata: {dataset: demo}      # optional: only jobs carrying these metadata
     corrupt:                               # wrong answers with a 200 status (for the gate)
       rate: 0.05                           # fraction of lines, fixed per custom_id by the seed
-      mode: wrong_dimension                # wrong_dimension | out_of_range | unknown_label | drop
+      mode: wrong_dimension                # one of the modes below
     lines:
       rate: 0.1                            # fraction of request lines that fail
       status: 500
@@ -53,6 +53,18 @@ are not drawn: they hold for every call. Example::
           requests: 100                    # active ones count against the pending quota
     files:
       expire_after_seconds: 5              # output/error files 404 five seconds after the job ends
+
+The ``corrupt`` modes; each leaves a line its endpoint cannot corrupt as it was:
+
+* ``wrong_dimension``: embeddings one value short.
+* ``out_of_range``: moderation and classifier scores outside [0, 1].
+* ``unknown_label``: a chat answer ``{"label": "not-a-label"}``, whatever the schema.
+* ``malformed_json``: a chat answer cut off halfway, as by a length limit, so it no longer parses;
+  ``finish_reason`` still says ``stop``.
+* ``wrong_type``: a ``json_schema`` chat answer whose first property (in the schema's order) that
+  some JSON type would break holds a value of that type: ``"3"`` where the schema says integer,
+  ``1`` where it says boolean or string; the whole answer when no property can be broken.
+* ``drop``: no output line at all, though the job counts the request as succeeded.
 """
 
 from __future__ import annotations
@@ -125,7 +137,14 @@ class LineFaults(_Rule):
 
 
 class CorruptAnswers(_Rule):
-    mode: Literal["wrong_dimension", "out_of_range", "unknown_label", "drop"]
+    mode: Literal[
+        "wrong_dimension", "out_of_range", "unknown_label", "malformed_json", "wrong_type", "drop"
+    ]
+
+    def chooses(self, seed: int, custom_id: object) -> bool:
+        """Whether the line with ``custom_id`` gets a wrong answer: fixed by the seed (``limit``
+        does not apply: every line is decided alone, in whichever worker answers it)."""
+        return draw(seed, "corrupt", custom_id) < self.rate
 
 
 class ListingFaults(BaseModel):

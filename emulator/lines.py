@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from emulator import content
 from emulator.catalog import Catalog
-from emulator.content import seed_of
 from emulator.endpoints import Engine
-from emulator.faults import CorruptAnswers, draw
+from emulator.faults import CorruptAnswers
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _worker: dict[str, Engine] = {}  # the engine of this worker process
@@ -73,7 +74,7 @@ def answer_slice(work: Slice) -> SliceResult:
         else:  # a dropped answer (fault injection): counted as a success it never wrote
             dropped += 1
     first = work.lines[0][0] if work.lines else 0
-    random.Random(seed_of(work.job_id, str(first))).shuffle(ok)
+    random.Random(content.seed_of(work.job_id, str(first))).shuffle(ok)
     for path, lines in ((work.out_path, ok), (work.err_path, failed)):
         with path.open("wb") as handle:
             handle.writelines(lines)
@@ -110,14 +111,10 @@ def answer_line(engine: Engine, work: Slice, number: int, raw: bytes) -> tuple[b
         else:
             status, body = engine.call(work.endpoint, request["body"], work.model)
             rule = work.corrupt
-            if (
-                status == 200
-                and rule is not None
-                and draw(work.seed, "corrupt", custom_id) < rule.rate
-            ):
+            if status == 200 and rule is not None and rule.chooses(work.seed, custom_id):
                 if rule.mode == "drop":
                     return True, b""
-                body = corrupt(body, rule.mode)
+                body = corrupt(body, rule.mode, request["body"])
     except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
         status = 400
         body = _error_body(f"Invalid request line {number}: {exc}", "invalid_request_error")
@@ -130,21 +127,111 @@ def answer_line(engine: Engine, work: Slice, number: int, raw: bytes) -> tuple[b
     return status < 400 and error is None, orjson.dumps(line, option=_DUMP_OPTIONS)
 
 
-def corrupt(body: dict[str, Any], mode: str) -> dict[str, Any]:
-    """A wrong answer that still parses: what the validation gate exists to stop."""
-    if mode == "wrong_dimension":
-        for item in body.get("data", []):
-            text = orjson.dumps(item["embedding"], option=orjson.OPT_SERIALIZE_NUMPY)
-            item["embedding"] = orjson.Fragment(text[: text.rindex(b",")] + b"]")  # one value short
-    elif mode == "out_of_range":
-        for result in body.get("results", []):
-            for scores in _score_maps(result):
-                for name in scores:
-                    scores[name] = scores[name] * 3 + 1
-    elif mode == "unknown_label":
-        for choice in body.get("choices", []):
-            choice["message"]["content"] = orjson.dumps({"label": "not-a-label"}).decode()
+def corrupt(body: dict[str, Any], mode: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A wrong answer with a 200 status, for ``request`` (its body): what the validation gate
+    exists to stop. Modes are described in ``emulator.faults``."""
+    _CORRUPTIONS[mode](body, request)
     return body
+
+
+def _wrong_dimension(body: dict[str, Any], _: dict[str, Any]) -> None:
+    for item in body.get("data", []):
+        text = orjson.dumps(item["embedding"], option=orjson.OPT_SERIALIZE_NUMPY)
+        item["embedding"] = orjson.Fragment(text[: text.rindex(b",")] + b"]")  # one value short
+
+
+def _out_of_range(body: dict[str, Any], _: dict[str, Any]) -> None:
+    for result in body.get("results", []):
+        for scores in _score_maps(result):
+            for name in scores:
+                scores[name] = scores[name] * 3 + 1
+
+
+def _unknown_label(body: dict[str, Any], _: dict[str, Any]) -> None:
+    for message in _messages(body):
+        message["content"] = orjson.dumps({"label": "not-a-label"}).decode()
+
+
+def _malformed_json(body: dict[str, Any], _: dict[str, Any]) -> None:
+    for message in _messages(body):
+        answer = message["content"] or ""
+        cut = answer[: len(answer) // 2]
+        while _parses(cut):  # half of a bare number can still be one
+            cut = cut[:-1]
+        message["content"] = cut
+
+
+def _wrong_type(body: dict[str, Any], request: dict[str, Any]) -> None:
+    response_format = request.get("response_format") or {}
+    if response_format.get("type") != "json_schema":
+        return
+    schema = response_format["json_schema"]["schema"]
+    for message in _messages(body):
+        try:
+            answer = orjson.loads(message["content"])
+        except orjson.JSONDecodeError:  # already cut short by max_tokens: wrong enough
+            continue
+        message["content"] = orjson.dumps(mistyped(answer, schema)).decode()
+
+
+_CORRUPTIONS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "wrong_dimension": _wrong_dimension,
+    "out_of_range": _out_of_range,
+    "unknown_label": _unknown_label,
+    "malformed_json": _malformed_json,
+    "wrong_type": _wrong_type,
+}
+
+
+def mistyped(answer: Any, schema: Mapping[str, Any]) -> Any:
+    """``answer`` (valid for ``schema``) with one value of a JSON type the schema does not admit.
+
+    The value changed is the first property, in the schema's order, that some type would break;
+    the whole answer when none can be; nothing when the schema admits anything anywhere.
+    """
+    properties = schema.get("properties", {}) if isinstance(answer, dict) else {}
+    for name, subschema in properties.items():
+        if name in answer:
+            wrong = _mistyped_value(answer[name], content.admitted_types(subschema, schema))
+            if wrong is not _UNBREAKABLE:
+                return {**answer, name: wrong}
+    wrong = _mistyped_value(answer, content.admitted_types(schema))
+    return answer if wrong is _UNBREAKABLE else wrong
+
+
+_UNBREAKABLE = object()
+
+
+def _mistyped_value(value: Any, admitted: frozenset[str] | None) -> Any:
+    """A stand-in for ``value`` of a type outside ``admitted``, as a confused model might write
+    it (``"3"`` for 3, ``1`` for true); ``_UNBREAKABLE`` when every type is admitted."""
+    if admitted is None:
+        return _UNBREAKABLE
+    as_text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    as_number = int(value) if isinstance(value, bool) else 1
+    stand_ins = {
+        "boolean": (as_number, as_text),
+        "integer": (as_text, True),
+        "number": (as_text, True),
+        "string": (as_number, [value]),
+        "array": (as_text, {"items": value}),
+        "object": (as_text, [value]),
+        "null": (as_text, as_number),
+    }[content.json_type(value)]
+    return next((s for s in stand_ins if content.json_type(s) not in admitted), _UNBREAKABLE)
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The assistant messages of a chat completion (none for other endpoints)."""
+    return [choice["message"] for choice in body.get("choices", [])]
+
+
+def _parses(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _score_maps(result: dict[str, Any]) -> list[dict[str, float]]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx2
+import jsonschema
 import pytest
-from mistralai.client import errors
+from mistralai.client import errors, models
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
+from emulator.faults import CorruptAnswers
 from tests.support import StartEmulator, read_lines, sdk, submit, wait_for
 
 FAST_RETRY = RetryConfig(
@@ -187,3 +191,91 @@ def test_metadata_scopes_job_faults(start_emulator: StartEmulator) -> None:
     assert wait_for(client, spared.id).status == "SUCCESS"
     failed = wait_for(client, doomed.id)
     assert failed.status == "FAILED" and failed.output_file is None
+
+
+CUSTOMER = {
+    "type": "object",
+    "properties": {
+        "age": {"type": "integer", "minimum": 18, "maximum": 99},
+        "member": {"type": "boolean"},
+        "city": {"type": "string"},
+        "tier": {"type": "string", "enum": ["gold", "silver", "none"]},
+    },
+    "required": ["age", "member", "city", "tier"],
+    "additionalProperties": False,
+}
+EXTRACT = {
+    "type": "json_schema",
+    "json_schema": {"name": "customer", "schema": CUSTOMER, "strict": True},
+}
+
+
+def extracted(start_emulator: StartEmulator, rule: CorruptAnswers) -> dict[str, str]:
+    """Run 40 extraction requests under ``rule`` (seed 5): each line's answer, by custom_id."""
+    client = sdk(start_emulator({"seed": 5, "corrupt": rule.model_dump()}))
+    bodies = [
+        {
+            "messages": [{"role": "user", "content": f"Customer {i}: a gold member from Lyon"}],
+            "response_format": EXTRACT,
+        }
+        for i in range(40)
+    ]
+    job = wait_for(
+        client, submit(client, "/v1/chat/completions", bodies, model="mistral-small-latest").id
+    )
+    assert (job.status, job.succeeded_requests, job.failed_requests) == ("SUCCESS", 40, 0)
+    answers = {}
+    for line in read_lines(client, job.output_file):
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        response = models.ChatCompletionResponse.model_validate(line["response"]["body"])
+        assert response.choices[0].finish_reason == "stop"
+        answers[line["custom_id"]] = str(response.choices[0].message.content)
+    assert len(answers) == 40
+    return answers
+
+
+def chosen_ids(rule: CorruptAnswers) -> set[str]:
+    chosen = {str(i) for i in range(40) if rule.chooses(5, str(i))}
+    assert 0 < len(chosen) < 40  # the seed picks some lines, not all
+    return chosen
+
+
+def test_malformed_json_cuts_the_chosen_answers_short(start_emulator: StartEmulator) -> None:
+    rule = CorruptAnswers(rate=0.3, mode="malformed_json")
+    answers = extracted(start_emulator, rule)
+    chosen = chosen_ids(rule)
+    for custom_id, answer in answers.items():
+        if custom_id in chosen:
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(answer)
+            assert answer.startswith('{"age":')  # the start of a valid answer, cut off
+        else:
+            jsonschema.validate(json.loads(answer), CUSTOMER)
+
+
+def test_wrong_type_breaks_one_property_of_the_chosen_answers(
+    start_emulator: StartEmulator,
+) -> None:
+    rule = CorruptAnswers(rate=0.3, mode="wrong_type")
+    answers = extracted(start_emulator, rule)
+    chosen = chosen_ids(rule)
+    for custom_id, answer in answers.items():
+        value = json.loads(answer)
+        if custom_id in chosen:
+            errors = list(jsonschema.Draft202012Validator(CUSTOMER).iter_errors(value))
+            assert [(list(e.path), e.validator) for e in errors] == [(["age"], "type")]
+            assert isinstance(value["age"], str) and value["age"].isdigit()  # "42", not 42
+        else:
+            jsonschema.validate(value, CUSTOMER)
+
+
+def test_chat_corruptions_leave_other_endpoints_alone(start_emulator: StartEmulator) -> None:
+    client = sdk(start_emulator({"corrupt": {"rate": 1.0, "mode": "malformed_json"}}))
+    job = wait_for(
+        client, submit(client, "/v1/embeddings", [{"input": "x"}] * 5, model="mistral-embed").id
+    )
+    lines = read_lines(client, job.output_file)
+    assert len(lines) == 5
+    for line in lines:
+        body = models.EmbeddingResponse.model_validate(line["response"]["body"])
+        assert len(body.data[0].embedding or []) == 1024

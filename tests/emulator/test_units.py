@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from emulator import content
 from emulator.catalog import Catalog
 from emulator.faults import FaultInjector, FaultPlan, route_matches
+from emulator.lines import corrupt, mistyped
 from emulator.store import count_lines
+from emulator.tokens import TokenMeter
 from emulator.vectors_json import json_rows
-from tasks.tokens import TokenCounter
 
 
 @settings(max_examples=60, deadline=None)
@@ -159,10 +160,58 @@ def test_classifier_file(tmp_path: Path) -> None:
 
 
 def test_token_counts_add_bos_and_eos() -> None:
-    counter = TokenCounter()
-    counts = counter.per_input("mistral-embed", ["", "hello world"])
-    assert counts[0] == 2 and counts[1] > 2
-    assert counter.chat_prompt([{"role": "user", "content": "hello"}]) > 2
+    meter = TokenMeter()
+    # Pinned: the pipeline's estimates are compared with these numbers.
+    assert meter.inputs("mistral-embed", ["", "hello world"]).tolist() == [2, 5]
+    assert meter.inputs("codestral-embed", ["", "hello world"]).tolist() == [2, 4]
+    assert meter.inputs("mistral-moderation-latest", []).tolist() == []
+    assert meter.completion("hello world") == 2
+    assert meter.prompt([{"role": "user", "content": "hello"}]) == 4  # [BOS][INST] hello [/INST]
+    # A transcript the chat template refuses costs its texts as inputs, plus one.
+    assert meter.prompt([{"role": "assistant", "content": "hello"}]) == 1 + 2 + 1
+    chunks = [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": "x"}]
+    assert meter.prompt([{"role": "user", "content": chunks}]) == 2 + 2 + 1  # "hello " and ""
+
+
+@pytest.mark.parametrize(
+    ("schema", "answer", "wrong"),
+    [
+        ({"type": "integer"}, 3, "3"),
+        ({"type": "number"}, 0.5, "0.5"),
+        ({"type": "boolean"}, True, 1),
+        ({"type": "string"}, "Lyon", 1),
+        ({"enum": ["a", "b"]}, "a", 1),
+        ({"type": "array", "items": {"type": "string"}}, ["x"], '["x"]'),
+        ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, 3, True),
+        ({"type": ["boolean", "integer"]}, False, "false"),
+    ],
+)
+def test_wrong_type_gives_a_property_a_type_its_schema_refuses(
+    schema: dict[str, object], answer: object, wrong: object
+) -> None:
+    document = {
+        "type": "object",
+        "properties": {"free": {}, "field": schema, "other": {"type": "integer"}},
+    }
+    broken = mistyped({"free": None, "field": answer, "other": 1}, document)
+    assert broken == {"free": None, "field": wrong, "other": 1}  # the first breakable one only
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, document)
+
+
+def test_wrong_type_without_a_breakable_property_breaks_the_whole_answer() -> None:
+    assert mistyped({"free": 1}, {"type": "object", "properties": {"free": {}}}) == '{"free":1}'
+    assert mistyped(7, {"type": "integer"}) == "7"
+    assert mistyped({"free": 1}, {}) == {"free": 1}  # a schema that admits anything
+
+
+@pytest.mark.parametrize("answer", ['{"label":"spam","score":0.5}', "12", '"ab"', "plain text"])
+def test_malformed_json_is_never_json(answer: str) -> None:
+    body = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+    cut = corrupt(body, "malformed_json", {})["choices"][0]["message"]["content"]
+    assert answer.startswith(cut) and len(cut) < len(answer)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut)
 
 
 def test_count_lines(tmp_path: Path) -> None:
