@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,7 @@ class Kind(StrEnum):
     chat_moderation = "chat-moderation"
     classification = "classification"  # zero-shot labels through /v1/chat/completions
     classifier = "classifier"  # a fine-tuned classifier through /v1/classifications
+    extract = "extract"  # typed fields through /v1/chat/completions with a strict JSON Schema
 
 
 class CacheMode(StrEnum):
@@ -60,7 +61,7 @@ class KindOptions(BaseModel):
     model: str | None = Field(
         default=None,
         description="Model id. Default per kind: mistral-embed, mistral-moderation-latest, "
-        "mistral-small-latest (classification). Required for kind 'classifier' "
+        "mistral-small-latest (classification, extract). Required for kind 'classifier' "
         "unless classifier_model is given.",
     )
     labels: list[str] = Field(
@@ -69,13 +70,19 @@ class KindOptions(BaseModel):
     )
     instructions: str | None = Field(
         default=None,
-        description="classification: the system prompt; default: the kind's own.",
+        description="classification and extract: the system prompt; default per kind.",
     )
     classifier_model: str | None = Field(
         default=None, description="classifier: the fine-tuned model id (ft:classifier:...)."
     )
     output_dimension: Annotated[int, Field(gt=0, le=3072)] | None = Field(
         default=None, description="embeddings with codestral-embed: vector length."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="extract: a JSON Schema object whose flat properties (string, number, "
+        "integer, boolean, enum, or an array of those) become typed columns, e.g. "
+        '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}',
     )
 
 

@@ -1,8 +1,10 @@
-"""Kinds as plug-ins: every kind of the form behind the one protocol."""
+"""Kinds as plug-ins: every kind behind the one protocol, and the extract kind end to end as plain
+functions (request line -> answer -> typed columns and rejected rows -> gate checks)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -10,13 +12,29 @@ import pytest
 
 import kinds
 from schemas.params import EnrichParams, Kind, KindOptions
+from tasks.cost import completion_tokens_per_text
 from tasks.plan import TEXT_KEY
 from tasks.requests import build, jsonl
-from tasks.validate import SUITES_DIR
+from tasks.results import parse
+from tasks.validate import SUITES_DIR, derive, validate
 
 OPTIONS: dict[Kind, dict[str, Any]] = {
     Kind.classification: {"labels": ["yes", "no"]},
     Kind.classifier: {"classifier_model": "ft:classifier:x"},
+    Kind.extract: {"json_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "year": {"type": "integer"},
+        "price": {"type": "number"},
+        "urgent": {"type": "boolean"},
+        "mood": {"enum": ["calm", "angry"]},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "scores": {"type": "array", "items": {"type": "integer"}},
+    },
+    "required": ["city", "year", "mood"],
 }
 
 
@@ -57,3 +75,122 @@ def test_every_kind_builds_json_request_lines(kind: Kind) -> None:
         assert body["response_format"]["json_schema"]["strict"] is True
     else:
         assert body["input"] == text
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        (None, "needs options.json_schema"),
+        ({"type": "array"}, "needs options.json_schema"),
+        ({"properties": {}}, "at least one entry"),
+        ({"properties": {"a": {"type": "object"}}}, "flat properties only"),
+        ({"properties": {"a": {"type": "array", "items": {"type": "array"}}}}, "flat properties"),
+        ({"properties": {"a": {"type": "array"}}}, "an array needs 'items'"),
+        ({"properties": {"a b": {"type": "string"}}}, "cannot be a column name"),
+        ({"properties": {"model": {"type": "string"}}}, "cannot be a column name"),
+        ({"properties": {"a": {"enum": []}}}, "non-empty list"),
+        ({"properties": {"a": {"type": "string"}}, "required": ["b"]}, "must list property"),
+    ],
+)
+def test_extract_refuses_schemas_it_cannot_make_columns_of(schema: Any, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        params(Kind.extract, json_schema=schema)
+
+
+def chat_line(custom_id: str, content: str | None, finish: str = "stop") -> dict[str, Any]:
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "mistral-small-2506",
+        "created": 1,
+        "usage": {"prompt_tokens": 30, "completion_tokens": 20},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish,
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+    }
+    return {"id": "l", "custom_id": custom_id, "response": {"status_code": 200, "body": body}}
+
+
+def test_extract_answers_become_typed_columns_rejected_rows_and_gate_checks(
+    tmp_path: Path,
+) -> None:
+    run = params(Kind.extract, json_schema=SCHEMA)
+    good = {
+        "city": "Lyon",
+        "year": 2024,
+        "price": 12.5,
+        "urgent": True,
+        "mood": "calm",
+        "tags": ["a", "b"],
+        "scores": [1, 2],
+    }
+    answers = [
+        json.dumps(good),
+        json.dumps(good | {"year": "2024", "urgent": 1, "city": 5}),  # three wrong types
+        json.dumps(good | {"mood": "sad", "scores": [1, "x"]}),  # outside enum, wrong item type
+        json.dumps({"price": 1.0}),  # city, year and mood missing
+        '{"city": "Par',  # cut off
+        "Sorry, I cannot help.",  # not JSON
+        "[1, 2]",  # JSON, not an object
+        None,  # no content
+    ]
+    frame = pl.DataFrame(
+        {
+            TEXT_KEY: pl.Series(range(1, len(answers) + 1), dtype=pl.UInt64),
+            "text": [f"text {i}" for i in range(len(answers))],
+        }
+    )
+    built = build(frame, run, shard=0, attempt=0)
+    ids = built.manifest["custom_id"].to_list()
+    lines = [
+        chat_line(cid, content, "length" if i == 4 else "stop")
+        for i, (cid, content) in enumerate(zip(ids, answers, strict=True))
+    ]
+    (tmp_path / "o.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    parsed = parse(run, built.manifest, tmp_path / "o.jsonl", None, "job-1", "SUCCESS")
+
+    failures = {r[TEXT_KEY]: r for r in parsed.failures.iter_rows(named=True)}
+    assert {k: (r["reason"], r["transient"]) for k, r in failures.items()} == dict.fromkeys(
+        [5, 6, 7, 8], ("invalid_answer", False)
+    )
+    assert "cut off at 1024 tokens" in failures[5]["message"]
+    assert failures[6]["message"] == "the answer is not valid JSON"
+    assert failures[7]["message"] == "the answer is not a JSON object"
+    assert failures[8]["message"] == "the answer has no content"
+
+    results = parsed.results.sort(TEXT_KEY)
+    assert results.schema["year"] == pl.Int64 and results.schema["price"] == pl.Float64
+    assert results.schema["urgent"] == pl.Boolean
+    assert results.schema["tags"] == pl.List(pl.String)
+    assert results.schema["scores"] == pl.List(pl.Int64)
+    first = results.row(0, named=True)
+    assert {k: first[k] for k in good} == good
+
+    enriched = results.with_columns(pl.col(TEXT_KEY).cast(pl.String).alias("id"))
+    checks = derive(run, enriched)
+    counts = checks.select("type_errors", "missing_required", "enum_errors").rows()
+    assert counts == [(0, 0, 0), (3, 0, 0), (1, 0, 1), (0, 3, 0)]
+    plugin = kinds.get(Kind.extract)
+    outcome = validate(checks, plugin.suite, plugin.suite_parameters(run, [], checks))
+    failed = {(f.column, tuple(f.example_ids)) for f in outcome.failures}
+    assert failed == {
+        ("type_errors", ("2", "3")),
+        ("missing_required", ("4",)),
+        ("enum_errors", ("3",)),
+    }
+
+
+def test_extract_estimates_count_instructions_and_schema_on_every_request() -> None:
+    plain = params(Kind.extract, json_schema=SCHEMA)
+    longer = params(Kind.extract, json_schema=SCHEMA, instructions="word " * 200)
+    frame = pl.DataFrame({TEXT_KEY: pl.Series([1, 2, 3], dtype=pl.UInt64), "text": ["a", "b", "c"]})
+    a, b = build(frame, plain, 0, 0), build(frame, longer, 0, 0)
+    texts_only = int(a.manifest["_tokens"].sum())
+    assert a.tokens > texts_only + 3 * 50  # the schema alone is over 50 tokens a request
+    # 200 words of instructions instead of the default (about 25 tokens), on three requests
+    assert b.tokens - a.tokens >= 3 * 150
+    assert completion_tokens_per_text(plain) > 20
