@@ -72,7 +72,8 @@ def make_input(work: Path, rows: int) -> pl.DataFrame:
 def make_cache(work: Path, frame: pl.DataFrame, entries: int) -> str:
     """``entries`` cache entries: the keys of the first 90% of the input, the rest random."""
     from tasks import cache
-    from tasks.plan import TEXT_KEY, TEXT_KEY_2, text_keys
+    from tasks.core.columns import TEXT_KEY, TEXT_KEY_2
+    from tasks.core.keys import text_keys
 
     params = params_for(work)
     known = frame.head(int(frame.height * HIT_FRACTION)).select(*text_keys(params))
@@ -110,9 +111,9 @@ def make_cache(work: Path, frame: pl.DataFrame, entries: int) -> str:
 
 
 def phase_plan(work: Path, mode: CacheMode) -> dict[str, Any]:
-    from tasks.plan import plan
+    from tasks.plan import plan_run
 
-    ref = plan(params_for(work, mode), "2026-11-22")
+    ref = plan_run(params_for(work, mode), "2026-11-22")
     return {
         "rows": ref.rows,
         "hit_rows": ref.cache_hit_rows,
@@ -122,7 +123,7 @@ def phase_plan(work: Path, mode: CacheMode) -> dict[str, Any]:
 
 def phase_naive(work: Path) -> dict[str, Any]:
     from tasks import cache
-    from tasks.plan import text_keys
+    from tasks.core.keys import text_keys
 
     location = cache.folder(params_for(work))
     known: set[tuple[int, int]] = set()

@@ -68,15 +68,17 @@ def make_input(work: Path, rows: int) -> None:
 
 
 def phase_build(work: Path) -> dict[str, object]:
-    from tasks.plan import plan
-    from tasks.requests import build, shard_texts, write_shard
+    from tasks.core.packing import build
+    from tasks.edges.tokens import TOKENS
+    from tasks.plan import plan_run
+    from tasks.requests import shard_texts, write_shard
 
     params = params_for(work)
-    planned = plan(params, PARTITION)
+    planned = plan_run(params, PARTITION)
     shards = []
     for shard in range(planned.shards):
         texts = shard_texts(planned, params, shard)
-        ref = write_shard(build(texts, params, shard, 0), planned, shard, 0)
+        ref = write_shard(build(texts, params, shard, 0, TOKENS), planned, shard, 0)
         shards.append(ref.model_dump())
     (work / "plan.json").write_text(planned.model_dump_json())
     (work / "shards.json").write_text(json.dumps(shards))
@@ -85,8 +87,8 @@ def phase_build(work: Path) -> dict[str, object]:
 
 def phase_parse(work: Path) -> dict[str, object]:
     from schemas.refs import CollectRef, PlanRef, ShardRef
-    from tasks import storage
-    from tasks.results import parse
+    from tasks.core.parsing import parse
+    from tasks.edges import storage
     from tasks.write import write_shard
 
     params = params_for(work)
@@ -125,7 +127,7 @@ def phase_parse(work: Path) -> dict[str, object]:
 
 def phase_naive_build(work: Path) -> dict[str, object]:
     """A typical script: dedupe in a dict, count tokens per text, pack greedily, dumps per line."""
-    from tasks.tokens import TokenCounter
+    from tasks.edges.tokens import TokenCounter
 
     counter = TokenCounter()
     table = pq.read_table(work / "input.parquet", columns=["id", "text"])
@@ -268,11 +270,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase:
         # Imports (Prefect, tokenizers) are paid before the clock starts, for both sides.
+        import tasks.core.parsing
         import tasks.plan
         import tasks.requests
-        import tasks.results
         import tasks.write
-        from tasks.tokens import TokenCounter
+        from tasks.edges.tokens import TokenCounter
 
         TokenCounter().per_input("mistral-embed", ["warm up"])
         _warm_up_parsers(args.work)

@@ -164,7 +164,7 @@ print(time.perf_counter() - start, rows)
 TYPED_PARSE = """
 import sys, time, polars as pl
 import kinds
-from tasks.results import _first_line, _line_schema
+from tasks.core.parsing import _first_line, _line_schema
 from pathlib import Path
 kind, paths = kinds.get(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 start = time.perf_counter()

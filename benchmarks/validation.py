@@ -25,7 +25,7 @@ import polars as pl
 
 import kinds
 from schemas.params import EnrichParams, Kind
-from tasks.validate import derive, rows_frame, validate
+from tasks.core.checks import derive, rows_frame, validate
 
 
 def rss_bytes() -> int:

@@ -390,7 +390,7 @@ def run(
     Every parameter has a flag; --params FILE gives them all at once, and flags override it."""
     params = build_params(ctx, params_file)
     from flows.enrich import enrich
-    from tasks.cost import BudgetExceededError
+    from tasks.core.pricing import BudgetExceededError
     from tasks.lease import LeaseHeldError
 
     try:

@@ -15,9 +15,11 @@ from typing import Any
 from prefect.logging import get_logger
 
 from schemas.params import EnrichParams, OnCancel
-from tasks import events, layout, lease, storage
+from tasks import lease
 from tasks.batch import gateway
-from tasks.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
+from tasks.core import layout
+from tasks.edges import events, storage
+from tasks.edges.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
 
 
 def run_params(flow_run: Any) -> EnrichParams | None:

@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from schemas.params import EnrichParams, OnCancel
 from schemas.refs import JobRef
 from tasks.batch import gateway
-from tasks.mistral import TERMINAL_STATUSES, MistralGateway, NotFoundApiError
+from tasks.edges.mistral import TERMINAL_STATUSES, MistralGateway, NotFoundApiError
 
 WAITING_LABEL = "enrich.waiting_on"  # comma-separated ids of the jobs a suspended run waits on
 SUSPEND_GRACE_HOURS = 1

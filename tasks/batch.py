@@ -7,8 +7,6 @@ so a rerun after a crash never pays twice. The job id is written to staging the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -27,11 +25,13 @@ from prefect.runtime import flow_run
 
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
-from tasks import events, layout, storage
+from tasks.core import layout
+from tasks.core.columns import TEXT_KEY
 from tasks.core.errors import TransientError
-from tasks.failpoints import failpoint
-from tasks.memory import in_shard_slot
-from tasks.mistral import (
+from tasks.core.keys import job_key
+from tasks.core.parsing import parse, too_long_failures
+from tasks.edges import events, storage
+from tasks.edges.mistral import (
     TERMINAL_STATUSES,
     AmbiguousCreateError,
     ApiError,
@@ -41,11 +41,11 @@ from tasks.mistral import (
     TransientApiError,
     job_metadata,
 )
-from tasks.plan import TEXT_KEY
+from tasks.edges.settings import mistral_settings
+from tasks.failpoints import failpoint
+from tasks.memory import in_shard_slot
 from tasks.requests import attempt_dir
-from tasks.results import parse, too_long_failures
 from tasks.retry import retry_if_transient
-from tasks.settings import mistral_settings
 
 GRACE_SECONDS = 3600.0  # past timeout_hours, Mistral itself ends the job: wait this much longer
 CREATE_ATTEMPTS = 3
@@ -60,11 +60,6 @@ class WaitTimeoutError(TransientError, TimeoutError):
 def gateway() -> MistralGateway:
     """The Mistral gateway for this process's settings (the task edge reads the environment)."""
     return MistralGateway(mistral_settings())
-
-
-def job_key(content_hash: str, options: dict[str, object]) -> str:
-    identity = json.dumps({"content": content_hash, "options": options}, sort_keys=True)
-    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 def _reattach_window(api: MistralGateway, params: EnrichParams) -> datetime:
@@ -219,7 +214,7 @@ def _create(
     )
 
 
-def submit(
+def submit_job(
     api: MistralGateway,
     shard: ShardRef,
     plan: PlanRef,
@@ -371,7 +366,7 @@ def staged_collect(record_uri: str, job_id: str) -> CollectRef | None:
     return ref
 
 
-def collect(
+def collect_results(
     api: MistralGateway, outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:
     """Download the job's files (streamed to disk), parse them, write results and failures.
@@ -437,7 +432,7 @@ def collect(
     return ref
 
 
-def collect_unsent(shard: ShardRef, plan: PlanRef) -> CollectRef:
+def record_unsent_shard(shard: ShardRef, plan: PlanRef) -> CollectRef:
     """A shard with nothing to send (every new text over the model's context): no job, no
     quota; its texts are recorded as rejected."""
     too_long = (
@@ -479,8 +474,8 @@ def check_credentials() -> None:
 
 
 @task(name="submit")
-def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
-    ref = submit(gateway(), shard, plan, params, flow_run.get_id(), get_run_logger())
+def submit(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
+    ref = submit_job(gateway(), shard, plan, params, flow_run.get_id(), get_run_logger())
     verb = "Reattached to" if ref.reattached else "Created"
     get_run_logger().info(
         "%s batch job %s for shard %d attempt %d (%d requests)",
@@ -494,8 +489,8 @@ def submit_shard(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef
 
 
 @task(name="record-unsent")
-def collect_unsent_shard(shard: ShardRef, plan: PlanRef) -> CollectRef:
-    ref = collect_unsent(shard, plan)
+def record_unsent(shard: ShardRef, plan: PlanRef) -> CollectRef:
+    ref = record_unsent_shard(shard, plan)
     get_run_logger().info(
         "Shard %d: nothing to send (%d text(s) over the model's context are rejected); "
         "no batch job",
@@ -506,7 +501,7 @@ def collect_unsent_shard(shard: ShardRef, plan: PlanRef) -> CollectRef:
 
 
 @task(name="wait")
-def wait_for_jobs(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOutcome]:
+def wait(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOutcome]:
     logger = get_run_logger()
     total = sum(j.requests for j in jobs)
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
@@ -563,12 +558,12 @@ def wait_for_jobs(jobs: list[JobRef], params: EnrichParams, partition: str) -> l
     retry_delay_seconds=[5, 30, 120],
     retry_condition_fn=retry_if_transient,
 )
-def collect_job(
+def collect(
     outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:
     """Retried by Prefect on failure: it only downloads and parses, it never pays."""
     api = gateway()
-    ref = in_shard_slot(collect, api, outcome, shard, plan, params)
+    ref = in_shard_slot(collect_results, api, outcome, shard, plan, params)
     for file_id in outcome.input_files:  # the job is over: its request file is no longer needed
         try:
             api.delete_file(file_id)

@@ -42,14 +42,22 @@ from prefect.logging import get_run_logger
 
 from schemas.params import EnrichParams
 from schemas.refs import PlanRef, WriteRef
-from tasks import storage
-from tasks.columns import BUCKET, KEY_SCHEME, TEXT_KEY, TEXT_KEY_2
+from tasks.core.columns import (
+    BUCKET,
+    CACHE_KEY,
+    CACHE_KEY_2,
+    CACHE_TOKENS,
+    KEY_SCHEME,
+    TEXT_KEY,
+    TEXT_KEY_2,
+)
 from tasks.core.errors import TerminalError
+from tasks.edges import storage
 from tasks.retry import retry_if_transient
 
-KEY = "text_key"
-KEY_2 = "text_key_2"
-TOKENS = "tokens"
+KEY = CACHE_KEY
+KEY_2 = CACHE_KEY_2
+TOKENS = CACHE_TOKENS
 FILE = "_file"
 PENDING = "_pending"
 OPTIONS_FILE = "_options.json"
@@ -470,7 +478,7 @@ def stage_cache(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) ->
 
 
 @task(name="update-cache")
-def promote_cache(pending: str) -> str:
+def update_cache(pending: str) -> str:
     """After publishing: the pending file joins the cache. A crash before this step leaves the
     file pending; the next lookup promotes it."""
     target = promote(pending)

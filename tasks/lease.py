@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.params import EnrichParams
-from tasks import layout, storage
+from tasks.core import layout
 from tasks.core.errors import TerminalError, TransientError
+from tasks.edges import storage
 
 TTL_SECONDS = 300.0
 _GENERATION_DIGITS = 10

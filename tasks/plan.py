@@ -22,73 +22,18 @@ import pyarrow.dataset as ds
 from prefect import task
 from prefect.logging import get_run_logger
 
-import kinds
 from schemas.params import CacheMode, EnrichParams
 from schemas.refs import PlanRef
-from tasks import cache, layout, storage
-from tasks.columns import BUCKET, KEY_SCHEME, REJECT, TEXT_KEY, TEXT_KEY_2
-from tasks.core.errors import TerminalError
+from tasks import cache
+from tasks.core import layout
+from tasks.core.columns import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
+from tasks.core.inputs import InputError, check_columns, check_ids, reject_reason
+from tasks.core.keys import run_key, text_keys
+from tasks.edges import storage
 from tasks.failpoints import failpoint
 
-__all__ = ["BUCKET", "REJECT", "TEXT_KEY", "TEXT_KEY_2", "InputError", "plan", "plan_input"]
 
-_EXAMPLES = 5
-# A text over this many UTF-8 bytes is rejected before it is tokenized: no Mistral model takes
-# that much (1 MiB is ~250k tokens), and tokenizing megabytes only to refuse them is waste.
-MAX_TEXT_BYTES = 1 << 20
-
-
-class InputError(TerminalError):
-    """The input cannot be enriched as asked; raised before any file is uploaded."""
-
-
-def check_columns(schema: pa.Schema, params: EnrichParams, source: str) -> None:
-    available = schema.names
-    for role, column in (("id", params.id_column), ("text", params.text_column)):
-        if column not in available:
-            raise InputError(
-                f"{role} column {column!r} is not in {source}; available columns: "
-                f"{', '.join(available)}"
-            )
-    kind = kinds.kind_of(params)
-    text_type = schema.field(params.text_column).type
-    if not kind.input.arrow_ok(text_type):
-        raise InputError(
-            f"text column {params.text_column!r} in {source} has type {text_type}; "
-            f"kind {kind.name!r} needs {kind.input.wanted}"
-        )
-    clashes = [c for c in kind.output_names(params.options) if c in available]
-    if clashes:
-        raise InputError(
-            f"{source} already has column(s) {', '.join(map(repr, clashes))}, which kind "
-            f"{kind.name!r} adds to the table; rename them in the input (or the properties "
-            "asked for)"
-        )
-
-
-def _location(uri: str) -> str:
-    """``uri`` as a comparable absolute location (bucket/key for S3, an absolute path else)."""
-    if storage.is_remote(uri):
-        return uri.split("://", 1)[1].rstrip("/")
-    return str(Path(uri.removeprefix("file://")).absolute()).rstrip("/")
-
-
-def reads_from(input_uri: str, location: str) -> bool:
-    """Whether reading ``input_uri`` (a file, a folder, or a glob) could pick up files written
-    under ``location``."""
-    source, where = _location(input_uri), _location(location)
-    if not any(c in source for c in "*?["):
-        return where == source or where.startswith(source + "/")
-    if "**" in source:  # recursive: everything under the fixed prefix
-        root = posixpath.dirname(re.split(r"[*?\[]", source, maxsplit=1)[0])
-        return where == root or where.startswith(root + "/")
-    pattern, folder = source.split("/"), where.split("/")
-    return len(pattern) > len(folder) and all(
-        fnmatch.fnmatchcase(part, glob) for part, glob in zip(folder, pattern, strict=False)
-    )
-
-
-def check_locations(params: EnrichParams) -> None:
+def check_locations_outside_input(params: EnrichParams) -> None:
     """Refuse an output, work or cache location the input would read: the next run would read
     the enriched table (or staging) back as input."""
     places = [("output", params.output), ("work", params.work_root())]
@@ -102,69 +47,6 @@ def check_locations(params: EnrichParams) -> None:
             )
 
 
-def check_ids(frame: pl.LazyFrame, id_column: str, source: str) -> None:
-    """Ids must be non-null and unique; the error gives the count and examples."""
-    ids = pl.col(id_column)
-    nulls = frame.select(ids.is_null().sum()).collect().item()
-    if nulls:
-        raise InputError(
-            f"id column {id_column!r} in {source} has {nulls} null value(s); "
-            "every row needs an id to be joined back to its result"
-        )
-    duplicates = (
-        frame.group_by(ids)
-        .len()
-        .filter(pl.col("len") > 1)
-        .sort(id_column)
-        .collect(engine="streaming")
-    )
-    if duplicates.height:
-        examples = ", ".join(repr(v) for v in duplicates[id_column].head(_EXAMPLES).to_list())
-        raise InputError(
-            f"id column {id_column!r} in {source} has {duplicates.height} duplicated id(s) "
-            f"(e.g. {examples}); ids must be unique"
-        )
-
-
-def normalised(params: EnrichParams) -> pl.Expr:
-    """The text as it is sent and keyed: Unicode NFC (canonically equal texts are one text).
-    Case and whitespace are kept: they change what the model sees."""
-    return kinds.kind_of(params).input.normalised(pl.col(params.text_column))
-
-
-def key_seeds(params: EnrichParams) -> tuple[int, int]:
-    """Two hash seeds drawn from every option that changes a result (kind, model, labels, ...):
-    a text's key differs per model and options, so a changed option misses the cache."""
-    identity = json.dumps({"scheme": KEY_SCHEME, **params.result_options()}, sort_keys=True)
-    digest = hashlib.sha256(identity.encode()).digest()
-    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:16], "little")
-
-
-def text_keys(params: EnrichParams) -> list[pl.Expr]:
-    """Two independent 64-bit hashes of (options, normalised text). The first buckets rows and
-    joins results inside a run; both together (128 bits) key the content cache."""
-    first, second = key_seeds(params)
-    text = normalised(params)
-    return [text.hash(seed=first).alias(TEXT_KEY), text.hash(seed=second).alias(TEXT_KEY_2)]
-
-
-def reject_reason(params: EnrichParams) -> pl.Expr:
-    """Why a row is not sent (null when it is)."""
-    source = kinds.kind_of(params).input
-    text = pl.col(params.text_column)
-    empty, size = source.empty(text), source.size(text)
-    return (
-        pl.when(text.is_null())
-        .then(pl.lit("null_text"))
-        .when(empty)
-        .then(pl.lit("empty_text"))
-        .when(size > MAX_TEXT_BYTES)
-        .then(pl.lit("text_too_long"))
-        .otherwise(None)
-        .alias(REJECT)
-    )
-
-
 def fingerprint(dataset: ds.Dataset, uri: str) -> str:
     """Identifies the input's files and their sizes/modification times, without reading data."""
     fs, _ = storage.filesystem(uri)
@@ -173,18 +55,6 @@ def fingerprint(dataset: ds.Dataset, uri: str) -> str:
         info = fs.info(path)
         entries.append([path, info.get("size"), str(info.get("mtime") or info.get("ETag") or "")])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
-
-
-def run_key(params: EnrichParams, input_fingerprint: str, partition: str) -> str:
-    identity = {
-        "input": input_fingerprint,
-        "id": params.id_column,
-        "text": params.text_column,
-        "options": params.result_options(),
-        "partition": partition,
-        "shard_size": params.shard_size,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def bucket_rows(
@@ -230,7 +100,7 @@ def bucket_rows(
     return rejected
 
 
-def plan(params: EnrichParams, partition: str) -> PlanRef:
+def plan_run(params: EnrichParams, partition: str) -> PlanRef:
     """Check everything that can be checked before spending, then bucket the rows."""
     try:
         dataset = storage.parquet_dataset(params.input)
@@ -306,14 +176,14 @@ def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dic
 
 
 @task(name="check-locations")
-def check_input_locations(params: EnrichParams) -> None:
-    check_locations(params)
+def check_locations(params: EnrichParams) -> None:
+    check_locations_outside_input(params)
 
 
 @task(name="plan")
-def plan_input(params: EnrichParams, partition: str) -> PlanRef:
+def plan(params: EnrichParams, partition: str) -> PlanRef:
     logger = get_run_logger()
-    ref = plan(params, partition)
+    ref = plan_run(params, partition)
     logger.info(
         "Planned %d rows in %d shard(s); %d rejected before sending %s; %d rows (%d texts) "
         "found in the cache; staging at %s",
@@ -326,3 +196,25 @@ def plan_input(params: EnrichParams, partition: str) -> PlanRef:
         ref.staging,
     )
     return ref
+
+
+def _location(uri: str) -> str:
+    """``uri`` as a comparable absolute location (bucket/key for S3, an absolute path else)."""
+    if storage.is_remote(uri):
+        return uri.split("://", 1)[1].rstrip("/")
+    return str(Path(uri.removeprefix("file://")).absolute()).rstrip("/")
+
+
+def reads_from(input_uri: str, location: str) -> bool:
+    """Whether reading ``input_uri`` (a file, a folder, or a glob) could pick up files written
+    under ``location``."""
+    source, where = _location(input_uri), _location(location)
+    if not any(c in source for c in "*?["):
+        return where == source or where.startswith(source + "/")
+    if "**" in source:  # recursive: everything under the fixed prefix
+        root = posixpath.dirname(re.split(r"[*?\[]", source, maxsplit=1)[0])
+        return where == root or where.startswith(root + "/")
+    pattern, folder = source.split("/"), where.split("/")
+    return len(pattern) > len(folder) and all(
+        fnmatch.fnmatchcase(part, glob) for part, glob in zip(folder, pattern, strict=False)
+    )

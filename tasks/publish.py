@@ -31,8 +31,9 @@ import kinds
 from kinds import GATE_ONLY
 from schemas.params import EnrichParams
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
-from tasks import events, layout, storage
+from tasks.core import layout
 from tasks.core.errors import TerminalError
+from tasks.edges import events, storage
 from tasks.failpoints import failpoint
 
 
@@ -135,7 +136,7 @@ def _finish(params: EnrichParams, partition: str, record: dict[str, Any]) -> Non
     storage.move_into_place(marker, layout.success_marker(params, partition))
 
 
-def repair(params: EnrichParams, partition: str) -> str | None:
+def repair_published(params: EnrichParams, partition: str) -> str | None:
     """Finish a publish that a kill interrupted, so data, rejected rows and manifest describe
     the same run again. ``_SUCCESS`` exists only while they do: a publish removes it first and
     writes it last (empty: readers that scan the folder skip it). The data file's footer is
@@ -170,7 +171,7 @@ def repair(params: EnrichParams, partition: str) -> str | None:
     return str(winner["run_id"])
 
 
-def publish(
+def publish_run(
     plan: PlanRef,
     params: EnrichParams,
     written: list[WriteRef],
@@ -216,7 +217,7 @@ def publish(
             "result": verdict.result_uri,
         },
     }
-    repair(params, partition)
+    repair_published(params, partition)
     staged_data = storage.join(plan.staging, "publish", layout.DATA_FILE)
     rows = 0
     if enriched:
@@ -241,7 +242,7 @@ def publish(
     )
 
 
-def quarantine(plan: PlanRef, params: EnrichParams, run_id: str) -> str:
+def quarantine_staging(plan: PlanRef, params: EnrichParams, run_id: str) -> str:
     """Move the run's staged outputs, validation result and Data Docs aside; returns where."""
     target = layout.quarantine(params, run_id)
     for folder in ("enriched", "rejected", "checks", "ids", "data_docs"):
@@ -260,14 +261,14 @@ def current_run_id(plan: PlanRef) -> str:
 
 
 @task(name="publish")
-def publish_partition(
+def publish(
     plan: PlanRef,
     params: EnrichParams,
     written: list[WriteRef],
     verdict: GateRef,
     jobs: dict[str, str],
 ) -> PublishRef:
-    ref = publish(plan, params, written, verdict, jobs, current_run_id(plan))
+    ref = publish_run(plan, params, written, verdict, jobs, current_run_id(plan))
     get_run_logger().info(
         "Published %d rows to %s (manifest %s)", ref.rows, ref.data_uri, ref.manifest_uri
     )
@@ -284,7 +285,7 @@ def publish_partition(
 KEPT_IN_STAGING = ("job.json", "create-intent.json", "validation.json")
 
 
-def clean_staging(staging: str) -> int:
+def clean_staged_files(staging: str) -> int:
     """Remove the bulky part of a published run's staging; returns the files removed."""
     removed = 0
     for uri in storage.list_files(staging):
@@ -295,8 +296,8 @@ def clean_staging(staging: str) -> int:
 
 
 @task(name="clean-staging")
-def clean_staging_task(plan: PlanRef) -> int:
-    removed = clean_staging(plan.staging)
+def clean_staging(plan: PlanRef) -> int:
+    removed = clean_staged_files(plan.staging)
     get_run_logger().info(
         "Removed %d staged file(s) of the published run from %s (job records and the "
         "validation result are kept; keep_staging keeps everything)",
@@ -307,16 +308,16 @@ def clean_staging_task(plan: PlanRef) -> int:
 
 
 @task(name="repair")
-def repair_partition(params: EnrichParams, partition: str) -> str | None:
+def repair(params: EnrichParams, partition: str) -> str | None:
     """Complete a publish of this partition that a killed run left half done."""
-    return repair(params, partition)
+    return repair_published(params, partition)
 
 
 @task(name="quarantine")
-def quarantine_run(plan: PlanRef, params: EnrichParams, verdict: GateRef) -> str:
+def quarantine(plan: PlanRef, params: EnrichParams, verdict: GateRef) -> str:
     """Quarantine, link the Data Docs from the run, and fail with the expectations that failed."""
     run_id = current_run_id(plan)
-    target = quarantine(plan, params, run_id)
+    target = quarantine_staging(plan, params, run_id)
     docs = storage.join(target, "data_docs", "index.html")
     create_link_artifact(
         link=docs if storage.is_remote(docs) else f"file://{docs}",

@@ -8,7 +8,7 @@ resize it in the Prefect UI (the size found there wins over the setting).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from prefect import task
@@ -20,9 +20,6 @@ from prefect.logging import get_run_logger
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.refs import ShardRef
-from tasks.core.errors import TerminalError
-
 
 class QuotaSettings(BaseSettings):
     """``ENRICH_QUOTA_NAME`` and ``ENRICH_QUOTA_SIZE``."""
@@ -31,10 +28,6 @@ class QuotaSettings(BaseSettings):
 
     name: str = Field(default="mistral-pending-requests", min_length=1)
     size: int = Field(default=1_000_000, ge=1)
-
-
-class QuotaError(TerminalError):
-    """A single job needs more requests than the whole quota: it could never be submitted."""
 
 
 def ensure_limit(settings: QuotaSettings) -> int:
@@ -51,26 +44,7 @@ def ensure_limit(settings: QuotaSettings) -> int:
         return int(client.read_global_concurrency_limit_by_name(settings.name).limit)
 
 
-def waves(shards: Sequence[ShardRef], capacity: int) -> list[list[ShardRef]]:
-    """Shards in order, grouped so no group holds more than ``capacity`` requests."""
-    grouped: list[list[ShardRef]] = []
-    held = 0
-    for shard in shards:
-        if shard.requests > capacity:
-            raise QuotaError(
-                f"shard {shard.shard} has {shard.requests:,} requests, more than the whole "
-                f"pending-requests quota ({capacity:,}); lower shard_size or raise the limit "
-                "(ENRICH_QUOTA_SIZE, or the global concurrency limit in the Prefect UI)"
-            )
-        if not grouped or held + shard.requests > capacity:
-            grouped.append([])
-            held = 0
-        grouped[-1].append(shard)
-        held += shard.requests
-    return grouped
-
-
-@task(name="quota")
+@task(name="reserve-quota")
 def reserve_quota() -> tuple[str, int]:
     """The limit's name and size (created if missing)."""
     settings = QuotaSettings()

@@ -10,16 +10,15 @@ from prefect.artifacts import create_markdown_artifact
 from schemas.params import EnrichParams
 from schemas.refs import (
     CollectRef,
-    Estimate,
     GateRef,
-    JobRef,
     PlanRef,
     RunSummary,
-    ShardRef,
     WriteRef,
 )
 from schemas.tables import REJECT_REASONS
 from tasks import cost
+from tasks.core import pricing
+from tasks.core.ledger import RunLedger
 
 
 class StepClock:
@@ -44,19 +43,19 @@ class StepClock:
 def summarize(
     plan: PlanRef,
     params: EnrichParams,
-    jobs: list[JobRef],
-    collected: list[CollectRef],
+    ledger: RunLedger,
     written: list[WriteRef],
-    shards: list[ShardRef],
-    estimate: Estimate,
     duration_seconds: float,
     *,
     dry_run: bool = False,
 ) -> RunSummary:
+    """The run in numbers, from its ledger and what it wrote."""
+    jobs, collected, shards = ledger.jobs, ledger.collected, ledger.shards
     by_reason: dict[str, int] = {}
     for ref in written:
         for reason, count in ref.rejected_by_reason.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
+    answer_tokens = cost.completion_tokens_per_text(params)
     prices = cost.load_prices(params.price_table)
     prompt_tokens = sum(c.prompt_tokens for c in collected)
     completion_tokens = sum(c.completion_tokens for c in collected)
@@ -84,11 +83,11 @@ def summarize(
         cache_hit_rows=plan.cache_hit_rows,
         cache_hit_texts=plan.cache_hit_texts,
         sent_texts=sum(s.texts for s in shards if s.attempt == 0),
-        estimated=estimate,
+        estimated=ledger.estimate,
         actual_cost_usd=None
         if dry_run
         else prices.cost(params.model, prompt_tokens, completion_tokens),
-        cost_avoided_usd=cost.avoided(params, plan, prices),
+        cost_avoided_usd=pricing.avoided(params, plan, prices, answer_tokens),
         cache_added=sum(w.cache_add_rows for w in written),
         processes=sorted({w.process for w in written if w.process}),
         expired_jobs=len(
@@ -153,9 +152,7 @@ def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateR
 
 
 @task(name="summary")
-def publish_summary(
-    summary: RunSummary, collected: list[CollectRef], verdict: GateRef
-) -> RunSummary:
+def summary(summary: RunSummary, collected: list[CollectRef], verdict: GateRef) -> RunSummary:
     create_markdown_artifact(
         markdown=to_markdown(summary, collected, verdict),
         key=f"enrich-{summary.run_key}",

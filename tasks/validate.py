@@ -8,180 +8,21 @@ few hundred megabytes.
 
 from __future__ import annotations
 
-import json
 import tempfile
-import threading
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 from prefect import task
 from prefect.logging import get_run_logger
 
 import kinds
 from schemas.params import EnrichParams
-from schemas.refs import FailedCheck, GateRef, PlanRef, WriteRef
-from tasks import storage
+from schemas.refs import GateRef, PlanRef, WriteRef
+from tasks.core import checks
+from tasks.core.checks import EXAMPLES, data_docs
+from tasks.edges import storage
 from tasks.failpoints import failpoint
-
-SUITES_DIR = Path(__file__).resolve().parents[1] / "schemas" / "expectations"
-_EXAMPLES = 5
-_GX_LOCK = threading.Lock()  # GX contexts and datasources are not safe across threads
-
-
-@dataclass(frozen=True)
-class SuiteResult:
-    suite: str
-    success: bool
-    evaluated: int
-    failures: list[FailedCheck]
-    raw: dict[str, Any]  # the GX validation result, JSON-ready, for the manifest and Data Docs
-
-
-def suite_definition(name: str) -> dict[str, Any]:
-    path = SUITES_DIR / f"{name}.json"
-    definition: dict[str, Any] = json.loads(path.read_text())
-    return definition
-
-
-def derive(params: EnrichParams, enriched: pl.DataFrame) -> pl.DataFrame:
-    """The narrow frame GX validates for the run's kind: the id plus derived columns."""
-    ids = enriched.select(pl.col(params.id_column).alias("id"))
-    return kinds.kind_of(params).checks(enriched, ids, params.options)
-
-
-def rows_frame(published_ids: pl.Series, rejected_ids: pl.Series) -> pl.DataFrame:
-    """One row per input row: its id and whether it was rejected."""
-    return pl.concat(
-        [
-            pl.DataFrame({"id": published_ids, "_rejected": False}),
-            pl.DataFrame({"id": rejected_ids.cast(published_ids.dtype), "_rejected": True}),
-        ]
-    )
-
-
-@lru_cache(maxsize=1)
-def _context() -> Any:
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    return context
-
-
-def _suite(name: str) -> Any:
-    import great_expectations as gx
-    from great_expectations.expectations.expectation_configuration import (
-        ExpectationConfiguration,
-    )
-
-    definition = suite_definition(name)
-    return gx.ExpectationSuite(
-        name=definition["name"],
-        expectations=[
-            ExpectationConfiguration(**e).to_domain_obj() for e in definition["expectations"]
-        ],
-    )
-
-
-def data_docs(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any], site: Path) -> Path:
-    """Run the suite again through a checkpoint that renders GX Data Docs (HTML) into ``site``;
-    returns the index page. Used for failed runs only: rendering costs seconds and 4 MB."""
-    import great_expectations as gx
-    from great_expectations.checkpoint.actions import UpdateDataDocsAction
-
-    data = frame.to_pandas(use_pyarrow_extension_array=True)
-    with _GX_LOCK:
-        context = gx.get_context(mode="ephemeral")
-        context.add_data_docs_site(
-            site_name="enrich",
-            site_config={
-                "class_name": "SiteBuilder",
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(site),
-                },
-            },
-        )
-        suite = context.suites.add(_suite(suite_name))
-        source = context.data_sources.add_pandas(suite_name)
-        batch = source.add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe(
-            suite_name
-        )
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(data=batch, suite=suite, name=suite_name)
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=suite_name,
-                validation_definitions=[definition],
-                actions=[UpdateDataDocsAction(name="docs", site_names=["enrich"])],
-                result_format={
-                    "result_format": "COMPLETE",
-                    "unexpected_index_column_names": ["id"],
-                    "partial_unexpected_count": _EXAMPLES,
-                },
-            )
-        )
-        checkpoint.run(batch_parameters={"dataframe": data}, expectation_parameters=parameters)
-    return site / "index.html"
-
-
-def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -> SuiteResult:
-    """Run a suite over ``frame`` (which has an ``id`` column for examples)."""
-    data = frame.to_pandas(use_pyarrow_extension_array=True)
-    with _GX_LOCK:
-        context = _context()
-        name = f"{suite_name}-{threading.get_ident()}"
-        source = context.data_sources.add_or_update_pandas(name)
-        asset = source.add_dataframe_asset(name)
-        batch = asset.add_batch_definition_whole_dataframe(name).get_batch(
-            batch_parameters={"dataframe": data}
-        )
-        outcome = batch.validate(
-            _suite(suite_name),
-            expectation_parameters=parameters,
-            result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": ["id"],
-                "partial_unexpected_count": _EXAMPLES,
-            },
-        )
-        context.data_sources.delete(name)
-    failures = []
-    for result in outcome.results:
-        if result.success:
-            continue
-        details = result.result or {}
-        index_list = details.get("partial_unexpected_index_list") or []
-        examples = [row.get("id") for row in index_list[:_EXAMPLES] if isinstance(row, dict)]
-        observed = details.get("observed_value")
-        failures.append(
-            FailedCheck(
-                suite=suite_name,
-                expectation=result.expectation_config.type,
-                column=result.expectation_config.kwargs.get("column"),
-                unexpected_count=details.get("unexpected_count"),
-                example_ids=[str(_plain(v)) for v in examples],
-                observed=None if observed is None else str(_plain(observed)),
-            )
-        )
-    return SuiteResult(
-        suite=suite_name,
-        success=bool(outcome.success),
-        evaluated=len(outcome.results),
-        failures=failures,
-        raw=outcome.to_json_dict(),
-    )
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRef:
@@ -197,14 +38,14 @@ def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRe
             {"input_rows": plan.rows, "max_rejected_fraction": params.max_rejected_fraction},
         )
     ]
-    checks = [storage.read_parquet(w.checks_uri) for w in written if w.checks_uri]
-    if checks:
-        derived = pl.concat(checks, how="diagonal_relaxed")
+    frames = [storage.read_parquet(w.checks_uri) for w in written if w.checks_uri]
+    if frames:
+        derived = pl.concat(frames, how="diagonal_relaxed")
         first = next(w.enriched_uri for w in written if w.enriched_uri)
         columns = storage.parquet_dataset(first).schema.names
         kind = kinds.kind_of(params)
         runs.append((derived, kind.suite, kind.suite_parameters(params, columns, derived)))
-    results = [validate(frame, suite, parameters) for frame, suite, parameters in runs]
+    results = [checks.validate(frame, suite, parameters) for frame, suite, parameters in runs]
     result_uri = storage.join(plan.staging, "validation.json")
     storage.write_json(result_uri, {r.suite: r.raw for r in results})
     docs_uri = None
@@ -215,7 +56,7 @@ def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRe
             for frame, suite, parameters in failed:
                 data_docs(frame, suite, parameters, Path(tmp))
             storage.upload_tree(Path(tmp), docs_uri)
-    rejected_examples = [str(v) for v in ids.filter(pl.col("_rejected"))["id"].head(_EXAMPLES)]
+    rejected_examples = [str(v) for v in ids.filter(pl.col("_rejected"))["id"].head(EXAMPLES)]
     failures = [
         # An aggregate check names no rows by itself: show which rows were rejected.
         f.model_copy(update={"example_ids": rejected_examples}) if f.column == "_rejected" else f
@@ -232,7 +73,7 @@ def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRe
 
 
 @task(name="validate")
-def validate_run(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRef:
+def validate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRef:
     verdict = gate(plan, params, written)
     logger = get_run_logger()
     if verdict.success:

@@ -10,7 +10,7 @@ from mistralai.client import Mistral
 
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
-from tasks.plan import InputError
+from tasks.core.inputs import InputError
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, write_dataset
 from tests.support import API_KEY
@@ -92,7 +92,7 @@ def test_missing_api_key_is_refused_before_any_upload(
 ) -> None:
     monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
     monkeypatch.delenv("MISTRAL_SERVER_URL", raising=False)
-    from tasks.mistral import MissingCredentialsError
+    from tasks.edges.mistral import MissingCredentialsError
 
     source = write_dataset(tmp_path / "in.parquet", ["hello"])
     with pytest.raises(MissingCredentialsError, match="MISTRAL_API_KEY is not set"):

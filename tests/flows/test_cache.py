@@ -19,8 +19,8 @@ from emulator.server import EmulatorProcess
 from flows.cli import app
 from flows.enrich import enrich
 from schemas.refs import RunSummary
-from tasks import storage
-from tasks.cost import BudgetExceededError
+from tasks.core.pricing import BudgetExceededError
+from tasks.edges import storage
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, use
 from tests.seaweed import BUCKET, SeaweedS3
@@ -289,7 +289,7 @@ def test_a_crash_between_publish_and_cache_update_costs_nothing_twice(
         raise RuntimeError("the worker died")  # stands for a process killed at this point
 
     source = write(tmp_path / "in.parquet", list(range(60)), [f"line {i}" for i in range(60)])
-    monkeypatch.setattr(flow_module, "promote_cache", crash)
+    monkeypatch.setattr(flow_module, "update_cache", crash)
     with pytest.raises(RuntimeError, match="the worker died"):
         enrich(params(source, tmp_path / "out"))
     table = published(tmp_path / "out")

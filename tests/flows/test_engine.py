@@ -13,7 +13,7 @@ import pytest
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from schemas.refs import RunSummary
-from tasks import storage
+from tasks.edges import storage
 from tests.flows.conftest import flow_params, write_dataset
 from tests.seaweed import BUCKET, SeaweedS3
 

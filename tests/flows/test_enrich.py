@@ -13,7 +13,7 @@ from emulator.catalog import DEFAULT_CLASSIFIER
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from schemas.params import Kind, KindOptions
-from tasks import storage
+from tasks.edges import storage
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, write_dataset
 from tests.seaweed import BUCKET, SeaweedS3

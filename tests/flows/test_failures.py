@@ -11,12 +11,14 @@ from mistralai.client import Mistral
 
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
-from tasks import storage
-from tasks.batch import submit
-from tasks.mistral import MistralGateway
-from tasks.plan import plan
-from tasks.requests import build, shard_texts, write_shard
-from tasks.settings import MistralSettings
+from tasks.batch import submit_job
+from tasks.core.packing import build
+from tasks.edges import storage
+from tasks.edges.mistral import MistralGateway
+from tasks.edges.settings import MistralSettings
+from tasks.edges.tokens import TOKENS
+from tasks.plan import plan_run
+from tasks.requests import shard_texts, write_shard
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, use, write_dataset
 from tests.support import API_KEY, StartEmulator
@@ -160,13 +162,13 @@ def test_crash_after_submit_then_rerun_reattaches(
         options={"labels": ["a", "b"]},
     )
     # The first run plans, builds and submits every shard, then its process dies.
-    planned = plan(run, run.partition_value(datetime.now(UTC)))
+    planned = plan_run(run, run.partition_value(datetime.now(UTC)))
     api = MistralGateway(MistralSettings())
     for shard in range(planned.shards):
         found = shard_texts(planned, run, shard)
-        submit(
+        submit_job(
             api,
-            write_shard(build(found, run, shard, 0), planned, shard, 0),
+            write_shard(build(found, run, shard, 0, TOKENS), planned, shard, 0),
             planned,
             run,
         )

@@ -19,7 +19,7 @@ from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from schemas.params import EnrichParams
 from schemas.refs import PlanRef, WriteRef
-from tasks import storage
+from tasks.edges import storage
 from tasks.publish import ValidationFailedError
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import use, write_dataset
@@ -161,7 +161,7 @@ PUBLISH_IN_CHILD = textwrap.dedent(
     import json, sys, time
     from schemas.params import EnrichParams
     from schemas.refs import GateRef, PlanRef, WriteRef
-    from tasks.publish import publish
+    from tasks.publish import publish_run
 
     spec = json.loads(sys.argv[1])
     plan = PlanRef.model_validate(spec["plan"])
@@ -174,7 +174,7 @@ PUBLISH_IN_CHILD = textwrap.dedent(
         open(marker, "w").close()
         time.sleep(0.2)
 
-    publish(plan, params, written, verdict, {}, "child", after_part=slowly)
+    publish_run(plan, params, written, verdict, {}, "child", after_part=slowly)
     """
 )
 

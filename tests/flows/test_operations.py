@@ -20,7 +20,7 @@ from prefect.states import Crashed, Running
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
 from flows.reconcile import ADOPTS_TAG, ReconcileAction, reconcile
-from tasks.mistral import PROJECT, PROJECT_KEY
+from tasks.edges.mistral import PROJECT, PROJECT_KEY
 from tasks.publish import ValidationFailedError
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import use
@@ -108,7 +108,7 @@ def test_the_key_comes_from_the_secret_block_first(
 ) -> None:
     from prefect.blocks.system import Secret
 
-    from tasks.settings import mistral_settings
+    from tasks.edges.settings import mistral_settings
 
     block = f"key-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("MISTRAL_API_KEY_BLOCK", block)

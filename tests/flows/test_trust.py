@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from emulator.server import EmulatorProcess
 from flows.enrich import enrich
-from tasks import publish, storage
-from tasks.plan import InputError
+from tasks import publish
+from tasks.core.inputs import InputError
+from tasks.edges import storage
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, write_dataset
 
@@ -111,7 +112,7 @@ def test_a_publish_cut_short_is_completed_by_the_next_run(
     assert not success.exists()
     assert pl.read_parquet(data).height == 3
 
-    assert publish.repair(run, "2026-11-22") == footer["run_id"]
+    assert publish.repair_published(run, "2026-11-22") == footer["run_id"]
     manifest = json.loads(manifest_path.read_text())
     assert manifest["run_id"] == footer["run_id"] and success.exists()
     assert manifest["counts"]["published_rows"] == 3

@@ -8,8 +8,9 @@ import polars as pl
 import pyarrow as pa
 
 from schemas.params import EnrichParams
-from tasks import cache, storage
-from tasks.plan import plan
+from tasks import cache
+from tasks.edges import storage
+from tasks.plan import plan_run
 
 
 def test_a_promotion_another_run_already_did_is_a_no_op(tmp_path: Path) -> None:
@@ -35,11 +36,11 @@ def test_a_plan_never_keeps_cache_hits_a_killed_run_staged(tmp_path: Path) -> No
     params = EnrichParams(
         input=str(source), id_column="id", text_column="text", output=str(tmp_path / "out")
     )
-    first = plan(params, "p")
+    first = plan_run(params, "p")
     stale = storage.join(first.cached_uri(0), "f00007-0000-0.parquet")
     storage.write_parquet(pa.table({"text_key": pa.array([9], pa.uint64())}), stale)
     leftover = Path(first.staging, "shards", ".results.parquet.0123.enrich-tmp")
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"half")
-    plan(params, "p")
+    plan_run(params, "p")
     assert not storage.exists(stale) and not leftover.exists()

@@ -2,7 +2,8 @@
 filters nothing (another team's jobs in it), capped pages, a listing that lags, a create
 answered 504 after it was accepted, a refused create, results that expire.
 
-Plain functions (plan, build, submit, collect) against dedicated emulators; no Prefect."""
+Plain functions (plan_run, build, submit_job, collect_results) against dedicated emulators; no
+Prefect."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from emulator.server import EmulatorProcess
 from flows.hooks import recorded_jobs
 from schemas.params import EnrichParams
 from schemas.refs import JobOutcome, PlanRef, ShardRef
-from tasks import storage
-from tasks.batch import collect, job_key, submit
-from tasks.mistral import PROJECT, PROJECT_KEY, JobStatus, MistralGateway, TerminalApiError
-from tasks.plan import plan
-from tasks.requests import build, shard_texts, write_shard
-from tasks.settings import MistralSettings
+from tasks.batch import collect_results, submit_job
+from tasks.core.keys import job_key
+from tasks.core.packing import build
+from tasks.edges import storage
+from tasks.edges.mistral import PROJECT, PROJECT_KEY, JobStatus, MistralGateway, TerminalApiError
+from tasks.edges.settings import MistralSettings
+from tasks.edges.tokens import TOKENS
+from tasks.plan import plan_run
+from tasks.requests import shard_texts, write_shard
 from tests.support import API_KEY, StartEmulator, eventually
 
 
@@ -65,8 +69,8 @@ def one_shard(tmp_path: Path, texts: int = 12) -> tuple[EnrichParams, PlanRef, S
         shard_size=1000,
         cache_mode="off",
     )
-    planned = plan(params, "2026-11-22")
-    shard = write_shard(build(shard_texts(planned, params, 0), params, 0, 0), planned, 0, 0)
+    planned = plan_run(params, "2026-11-22")
+    shard = write_shard(build(shard_texts(planned, params, 0), params, 0, 0, TOKENS), planned, 0, 0)
     return params, planned, shard
 
 
@@ -122,13 +126,13 @@ def test_a_listing_that_filters_nothing_never_reattaches_to_another_users_job(
     )
     api = gateway(monkeypatch, emu)
     foreign = {j["id"] for j in emulator_jobs(emu)}
-    ref = submit(api, shard, planned, params)
+    ref = submit_job(api, shard, planned, params)
     assert not ref.reattached and ref.job_id not in foreign
     assert len(ours(emu)) == 1
-    again = submit(api, shard, planned, params)  # a rerun: the job found by its record
+    again = submit_job(api, shard, planned, params)  # a rerun: the job found by its record
     assert again.reattached and again.job_id == ref.job_id
     storage.remove(storage.join(planned.staging, "shards"))  # no record: the listing finds it
-    third = submit(api, shard, planned, params)
+    third = submit_job(api, shard, planned, params)
     assert third.reattached and third.job_id == ref.job_id
     assert {j["status"] for j in emulator_jobs(emu) if j["id"] in foreign} == {"RUNNING"}
 
@@ -178,7 +182,7 @@ def test_a_create_answered_504_after_it_was_accepted_makes_one_job(
             ],
         }
     )
-    ref = submit(gateway(monkeypatch, emu), shard, planned, params)
+    ref = submit_job(gateway(monkeypatch, emu), shard, planned, params)
     created = ours(emu)
     assert [j["id"] for j in created] == [ref.job_id]
     assert not ref.reattached
@@ -192,14 +196,14 @@ def test_a_rerun_after_a_kill_mid_create_waits_for_a_lagging_listing(
     params, planned, shard = one_shard(tmp_path)
     emu = start_emulator({"listing": {"lag_seconds": 2.0}})
     api = gateway(monkeypatch, emu, lag=10.0)
-    first = submit(api, shard, planned, params)
+    first = submit_job(api, shard, planned, params)
     folder = storage.join(planned.staging, "shards", "00000", "attempt-0")
     storage.remove(storage.join(folder, "job.json"))  # killed before the record was written
     assert storage.exists(storage.join(folder, "create-intent.json"))
     intent = storage.read_json(storage.join(folder, "create-intent.json"))
     fresh = intent | {"create_at": time.time()}
     storage.write_json(storage.join(folder, "create-intent.json"), fresh)
-    again = submit(api, shard, planned, params)
+    again = submit_job(api, shard, planned, params)
     assert again.reattached and again.job_id == first.job_id
     assert len(ours(emu)) == 1
 
@@ -210,7 +214,7 @@ def test_a_refused_create_deletes_the_file_it_uploaded(
     params, planned, shard = one_shard(tmp_path)
     emu = start_emulator({"http": [{"route": "POST /v1/batch/jobs", "status": 400}]})
     with pytest.raises(TerminalApiError, match="HTTP 400"):
-        submit(gateway(monkeypatch, emu), shard, planned, params)
+        submit_job(gateway(monkeypatch, emu), shard, planned, params)
     assert requests_files(emu) == []
 
 
@@ -220,18 +224,18 @@ def test_expired_results_are_sent_again_never_stuck(
     params, planned, shard = one_shard(tmp_path)
     emu = start_emulator({"files": {"expire_after_seconds": 1.0}})
     api = gateway(monkeypatch, emu)
-    first = submit(api, shard, planned, params)
+    first = submit_job(api, shard, planned, params)
     done, outcome = finished(api, first.job_id)
     assert done.output_file
     eventually(lambda: True if not api.file_exists(str(done.output_file)) else None, "expiry")
 
-    collected = collect(api, outcome, shard, planned, params)
+    collected = collect_results(api, outcome, shard, planned, params)
     assert collected.expired and collected.succeeded_texts == 0
     assert collected.transient_failures == shard.texts  # all of them go to the retry pass
     failures = storage.read_parquet(collected.failures_uri)
     assert set(failures["reason"]) == {"results_expired"}
 
-    again = submit(api, shard, planned, params)  # a rerun: the expired job is not reused
+    again = submit_job(api, shard, planned, params)  # a rerun: the expired job is not reused
     assert not again.reattached and again.job_id != first.job_id
     assert again.expired_jobs == [first.job_id]
     assert len(ours(emu)) == 2
@@ -243,17 +247,17 @@ def test_collected_results_are_reused_only_when_whole(
     params, planned, shard = one_shard(tmp_path)
     emu = start_emulator(None)
     api = gateway(monkeypatch, emu)
-    job = submit(api, shard, planned, params)
+    job = submit_job(api, shard, planned, params)
     done, outcome = finished(api, job.job_id)
-    first = collect(api, outcome, shard, planned, params)
+    first = collect_results(api, outcome, shard, planned, params)
     assert first.succeeded_texts == shard.texts
     # A rerun reuses the staged results without downloading (the file may have expired) ...
     api.delete_file(str(done.output_file))
-    assert collect(api, outcome, shard, planned, params) == first
+    assert collect_results(api, outcome, shard, planned, params) == first
     # ... unless they are not whole: then it downloads again (here: gone, so expired).
     results = Path(first.results_uri)
     results.write_bytes(results.read_bytes()[:100])
-    assert collect(api, outcome, shard, planned, params).expired
+    assert collect_results(api, outcome, shard, planned, params).expired
 
 
 def test_a_run_killed_right_after_its_upload_leaves_no_orphan_file(
@@ -275,10 +279,10 @@ def test_a_run_killed_right_after_its_upload_leaves_no_orphan_file(
     with monkeypatch.context() as patched:
         patched.setattr("tasks.batch.failpoint", die)
         with pytest.raises(KilledError):
-            submit(api, shard, planned, params)
+            submit_job(api, shard, planned, params)
     uploaded = requests_files(emu)
     assert len(uploaded) == 1 and uploaded[0]["used_by"] == []
-    ref = submit(api, shard, planned, params)
+    ref = submit_job(api, shard, planned, params)
     files = requests_files(emu)
     assert [(f["id"], f["used_by"]) for f in files] == [(uploaded[0]["id"], [ref.job_id])]
 
@@ -299,7 +303,7 @@ def test_a_create_refused_after_an_ambiguous_one_keeps_the_file_a_job_may_use(
         }
     )
     with pytest.raises(TerminalApiError, match="HTTP 400"):
-        submit(gateway(monkeypatch, emu, lag=0.5), shard, planned, params)
+        submit_job(gateway(monkeypatch, emu, lag=0.5), shard, planned, params)
     [job] = ours(emu)
     assert [f["used_by"] for f in requests_files(emu)] == [[job["id"]]]
 
@@ -311,10 +315,10 @@ def test_results_collected_whole_outlive_their_expiry(
     params, planned, shard = one_shard(tmp_path)
     emu = start_emulator({"files": {"expire_after_seconds": 4.0}})
     api = gateway(monkeypatch, emu)
-    first = submit(api, shard, planned, params)
+    first = submit_job(api, shard, planned, params)
     done, outcome = finished(api, first.job_id)
-    assert not collect(api, outcome, shard, planned, params).expired
+    assert not collect_results(api, outcome, shard, planned, params).expired
     eventually(lambda: True if not api.file_exists(str(done.output_file)) else None, "expiry")
-    again = submit(api, shard, planned, params)
+    again = submit_job(api, shard, planned, params)
     assert again.reattached and again.job_id == first.job_id and again.expired_jobs == []
     assert len(ours(emu)) == 1

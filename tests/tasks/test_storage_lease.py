@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks import lease, storage
+from tasks import lease
+from tasks.edges import storage
 from tests.seaweed import BUCKET, SeaweedS3
 
 

@@ -14,9 +14,11 @@ import pytest
 from schemas.params import EnrichParams
 from schemas.refs import ShardRef
 from tasks import cache
-from tasks.cost import PriceTable, PriceTableError, load_prices
-from tasks.plan import BUCKET, TEXT_KEY, TEXT_KEY_2, text_keys
-from tasks.quota import QuotaError, waves
+from tasks.core.columns import BUCKET, TEXT_KEY, TEXT_KEY_2
+from tasks.core.keys import text_keys
+from tasks.core.pricing import PriceTable, PriceTableError
+from tasks.core.quota import QuotaError, waves
+from tasks.cost import load_prices
 
 
 def params(**overrides: object) -> EnrichParams:

@@ -21,8 +21,7 @@ from prefect.states import Completed, Failed, exception_to_failed_state
 
 import flows
 import tasks
-from tasks import storage
-from tasks.batch import WaitTimeoutError, collect_job
+from tasks.batch import WaitTimeoutError, collect
 from tasks.cache import CacheFileGoneError, fetch_cached
 from tasks.core.errors import (
     EnrichError,
@@ -31,8 +30,9 @@ from tasks.core.errors import (
     is_transient,
     transient_status,
 )
-from tasks.lease import LeaseHeldError, LeaseLostError
-from tasks.mistral import (
+from tasks.core.quota import QuotaError
+from tasks.edges import storage
+from tasks.edges.mistral import (
     SDK_RETRIED_STATUSES,
     AmbiguousCreateError,
     ApiError,
@@ -43,10 +43,10 @@ from tasks.mistral import (
     TransientApiError,
     _explain,
 )
-from tasks.quota import QuotaError
+from tasks.edges.settings import MistralSettings
+from tasks.edges.storage import InputNotFoundError, UnsupportedSchemeError
+from tasks.lease import LeaseHeldError, LeaseLostError
 from tasks.retry import retry_if_transient
-from tasks.settings import MistralSettings
-from tasks.storage import InputNotFoundError, UnsupportedSchemeError
 
 ACTION = "Reading batch job job-1"
 
@@ -69,29 +69,29 @@ ERROR_CLASSES = {
     and value.__module__ == module.__name__
 }
 # Never raised themselves: the roots every raised error hangs from.
-ROOTS = {"tasks.core.errors.EnrichError", "tasks.mistral.ApiError"}
+ROOTS = {"tasks.core.errors.EnrichError", "tasks.edges.mistral.ApiError"}
 # The mark of every error class of the project: adding a class means deciding it here.
 MARKS = {
     "tasks.core.errors.TransientError": True,
     "tasks.core.errors.TerminalError": False,
-    "tasks.mistral.TransientApiError": True,
-    "tasks.mistral.AmbiguousCreateError": True,
-    "tasks.mistral.TerminalApiError": False,
-    "tasks.mistral.MissingCredentialsError": False,
-    "tasks.mistral.NotFoundApiError": False,
+    "tasks.edges.mistral.TransientApiError": True,
+    "tasks.edges.mistral.AmbiguousCreateError": True,
+    "tasks.edges.mistral.TerminalApiError": False,
+    "tasks.edges.mistral.MissingCredentialsError": False,
+    "tasks.edges.mistral.NotFoundApiError": False,
     "tasks.batch.WaitTimeoutError": True,
     "tasks.cache.CacheFileGoneError": False,
     "tasks.lease.LeaseHeldError": True,
     "tasks.lease.LeaseLostError": False,
-    "tasks.quota.QuotaError": False,
-    "tasks.storage.InputNotFoundError": False,
-    "tasks.storage.UnsupportedSchemeError": False,
-    "tasks.storage.CrossFilesystemMoveError": False,
-    "tasks.plan.InputError": False,
-    "tasks.cost.BudgetExceededError": False,
-    "tasks.cost.PriceTableError": False,
+    "tasks.core.quota.QuotaError": False,
+    "tasks.edges.storage.InputNotFoundError": False,
+    "tasks.edges.storage.UnsupportedSchemeError": False,
+    "tasks.edges.storage.CrossFilesystemMoveError": False,
+    "tasks.core.inputs.InputError": False,
+    "tasks.core.pricing.BudgetExceededError": False,
+    "tasks.core.pricing.PriceTableError": False,
     "tasks.publish.ValidationFailedError": False,
-    "tasks.write.LostRowsError": False,
+    "tasks.core.joins.LostRowsError": False,
 }
 
 
@@ -113,7 +113,7 @@ def unreadable_answer(status: int = 200) -> errors.ResponseValidationError:
     )
 
 
-# How each API failure leaves tasks.mistral: (failure, error class, transient, in the message).
+# How each API failure leaves the Mistral edge: (failure, error class, transient, in the message).
 API_FAILURES = [
     pytest.param(sdk_error(400), TerminalApiError, False, "failed with HTTP 400", id="400"),
     pytest.param(sdk_error(401), TerminalApiError, False, "Check MISTRAL_API_KEY", id="401"),
@@ -207,7 +207,7 @@ def test_transient_status(status: int | None, transient: bool) -> None:
         (FileNotFoundError("gone"), False),
         (RuntimeError("bug"), False),
         (KeyError("key"), False),
-        # The SDK's network errors are not the builtin ones: tasks.mistral marks them.
+        # The SDK's network errors are not the builtin ones: tasks.edges.mistral marks them.
         (httpx2.ConnectError("refused"), False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
@@ -361,11 +361,11 @@ def test_retry_if_transient_reads_the_mark(
     make_state: Callable[[Exception], Any], exc: Exception, retried: bool
 ) -> None:
     state = make_state(exc)
-    assert retry_if_transient(collect_job, None, state) is retried  # type: ignore[arg-type]
+    assert retry_if_transient(collect, None, state) is retried  # type: ignore[arg-type]
 
 
 def test_retry_if_transient_never_retries_a_state_that_did_not_fail() -> None:
-    assert not retry_if_transient(collect_job, None, Completed(data=1))  # type: ignore[arg-type]
+    assert not retry_if_transient(collect, None, Completed(data=1))  # type: ignore[arg-type]
 
 
 def test_every_task_with_retries_uses_the_one_rule() -> None:
@@ -375,7 +375,7 @@ def test_every_task_with_retries_uses_the_one_rule() -> None:
         for name, value in vars(module).items()
         if isinstance(value, Task) and value.retries
     }
-    assert {"tasks.batch.collect_job", "tasks.cache.fetch_cached"} <= set(retried)
+    assert {"tasks.batch.collect", "tasks.cache.fetch_cached"} <= set(retried)
     for name, task in retried.items():
         assert task.retry_condition_fn is retry_if_transient, name
-    assert collect_job.retry_condition_fn is fetch_cached.retry_condition_fn
+    assert collect.retry_condition_fn is fetch_cached.retry_condition_fn

@@ -12,11 +12,12 @@ import pytest
 
 import kinds
 from schemas.params import EnrichParams, Kind, KindOptions
+from tasks.core.checks import SUITES_DIR, derive, validate
+from tasks.core.columns import TEXT_KEY
+from tasks.core.packing import build, jsonl
+from tasks.core.parsing import parse
 from tasks.cost import completion_tokens_per_text
-from tasks.plan import TEXT_KEY
-from tasks.requests import build, jsonl
-from tasks.results import parse
-from tasks.validate import SUITES_DIR, derive, validate
+from tasks.edges.tokens import TOKENS
 
 OPTIONS: dict[Kind, dict[str, Any]] = {
     Kind.classification: {"labels": ["yes", "no"]},
@@ -64,7 +65,7 @@ def test_every_kind_builds_json_request_lines(kind: Kind) -> None:
     if kind is Kind.chat_moderation:
         text = [{"role": "user", "content": text}]
     frame = pl.DataFrame({TEXT_KEY: pl.Series([7], dtype=pl.UInt64), "text": [text]})
-    built = build(frame, run, shard=1, attempt=0)
+    built = build(frame, run, shard=1, attempt=0, tokens=TOKENS)
     (line,) = (json.loads(raw) for raw in jsonl(built.lines)["line"])
     assert line["custom_id"] == "00001-0-000000"
     body = line["body"]
@@ -144,7 +145,7 @@ def test_extract_answers_become_typed_columns_rejected_rows_and_gate_checks(
             "text": [f"text {i}" for i in range(len(answers))],
         }
     )
-    built = build(frame, run, shard=0, attempt=0)
+    built = build(frame, run, shard=0, attempt=0, tokens=TOKENS)
     ids = built.manifest["custom_id"].to_list()
     lines = [
         chat_line(cid, content, "length" if i == 4 else "stop")
@@ -188,7 +189,7 @@ def test_extract_estimates_count_instructions_and_schema_on_every_request() -> N
     plain = params(Kind.extract, json_schema=SCHEMA)
     longer = params(Kind.extract, json_schema=SCHEMA, instructions="word " * 200)
     frame = pl.DataFrame({TEXT_KEY: pl.Series([1, 2, 3], dtype=pl.UInt64), "text": ["a", "b", "c"]})
-    a, b = build(frame, plain, 0, 0), build(frame, longer, 0, 0)
+    a, b = build(frame, plain, 0, 0, TOKENS), build(frame, longer, 0, 0, TOKENS)
     texts_only = int(a.manifest["_tokens"].sum())
     assert a.tokens > texts_only + 3 * 50  # the schema alone is over 50 tokens a request
     # 200 words of instructions instead of the default (about 25 tokens), on three requests

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from kinds import Packing
 from schemas.params import EnrichParams, Kind, KindOptions
-from tasks import results
-from tasks.plan import TEXT_KEY
-from tasks.requests import build, jsonl, pack
-from tasks.results import parse
+from tasks.core import parsing as results
+from tasks.core.columns import TEXT_KEY
+from tasks.core.packing import build, jsonl, pack
+from tasks.core.parsing import parse
+from tasks.edges.tokens import TOKENS
 
 MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_REQUEST = Packing().max_inputs, Packing().max_tokens
 
@@ -108,7 +109,7 @@ def test_packing_then_unpacking_gives_every_text_its_own_result(
         .with_columns(pl.col("text").hash(seed=1).alias(TEXT_KEY))
         .sort(TEXT_KEY)
     )
-    built = build(frame.select(TEXT_KEY, "text"), params, shard=3, attempt=0)
+    built = build(frame.select(TEXT_KEY, "text"), params, shard=3, attempt=0, tokens=TOKENS)
     lines = [json.loads(line) for line in jsonl(built.lines)["line"]]
     assert sum(len(line["body"]["input"]) for line in lines) == len(texts)
     assert len({line["custom_id"] for line in lines}) == len(lines)
@@ -143,7 +144,7 @@ def test_missing_duplicated_and_failed_lines_are_all_accounted_for(
     frame = pl.DataFrame(
         {TEXT_KEY: pl.Series([1, 2, 3, 4, 5], dtype=pl.UInt64), "text": list("abcde")}
     )
-    built = build(frame, params, shard=0, attempt=0)
+    built = build(frame, params, shard=0, attempt=0, tokens=TOKENS)
     ids = built.manifest["custom_id"].to_list()
 
     def ok(cid: str, label: str) -> dict[str, object]:

@@ -10,7 +10,7 @@ import pytest
 
 import kinds
 from schemas.params import EnrichParams, Kind, KindOptions
-from tasks.validate import derive, rows_frame, validate
+from tasks.core.checks import derive, rows_frame, validate
 
 
 def params(kind: Kind, **options: Any) -> EnrichParams:

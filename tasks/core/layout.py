@@ -17,71 +17,82 @@ scans, so staging, rejected rows or a manifest inside the table would break
 
 from __future__ import annotations
 
+import posixpath
 import uuid
+from pathlib import Path
 
 from schemas.params import EnrichParams
 from schemas.tables import PARTITION_COLUMN
-from tasks import storage
 
 DATA_FILE = "part-0.parquet"
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
 
 
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names object storage (``s3://...``) rather than a local path."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """``parts`` below ``uri``: a ``/``-joined key on object storage, a local path else."""
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return str(Path(uri.removeprefix("file://"), *parts))
+
+
 def partition_folder(params: EnrichParams, partition: str) -> str:
-    return storage.join(params.output, f"{PARTITION_COLUMN}={partition}")
+    return join(params.output, f"{PARTITION_COLUMN}={partition}")
 
 
 def data_file(params: EnrichParams, partition: str) -> str:
-    return storage.join(partition_folder(params, partition), DATA_FILE)
+    return join(partition_folder(params, partition), DATA_FILE)
 
 
 def staging(params: EnrichParams, run_key: str) -> str:
-    return storage.join(params.work_root(), "staging", run_key)
+    return join(params.work_root(), "staging", run_key)
 
 
 def success_marker(params: EnrichParams, partition: str) -> str:
-    return storage.join(partition_folder(params, partition), SUCCESS_MARKER)
+    return join(partition_folder(params, partition), SUCCESS_MARKER)
 
 
 def rejected_folder(params: EnrichParams, partition: str) -> str:
-    return storage.join(params.work_root(), "rejected", f"{PARTITION_COLUMN}={partition}")
+    return join(params.work_root(), "rejected", f"{PARTITION_COLUMN}={partition}")
 
 
 def rejected_file(params: EnrichParams, partition: str, run_id: str) -> str:
     """Unique to each publish (a retry of the same flow run too): the manifest names the one
     that goes with the published data."""
     unique = uuid.uuid4().hex[:8]
-    return storage.join(rejected_folder(params, partition), f"{run_id}-{unique}.parquet")
+    return join(rejected_folder(params, partition), f"{run_id}-{unique}.parquet")
 
 
 def leases(params: EnrichParams) -> str:
     """Keyed by the output itself (not the work folder): runs that point other ``work`` folders
     at the same table still meet on its lease."""
     parent, _, name = params.output.rstrip("/").rpartition("/")
-    return storage.join(f"{parent}/_enrich" if parent else "_enrich", "_leases", name)
+    return join(f"{parent}/_enrich" if parent else "_enrich", "_leases", name)
 
 
 def lease_folder(params: EnrichParams, partition: str) -> str:
-    return storage.join(leases(params), f"{PARTITION_COLUMN}={partition}")
+    return join(leases(params), f"{PARTITION_COLUMN}={partition}")
 
 
 def manifest_file(params: EnrichParams, partition: str) -> str:
-    return storage.join(
-        params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", MANIFEST
-    )
+    return join(params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", MANIFEST)
 
 
 def publish_scratch(params: EnrichParams, partition: str) -> str:
     """Where a publish stages the small objects it moves into the table folder."""
-    return storage.join(params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", "_tmp")
+    return join(params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", "_tmp")
 
 
 def quarantine(params: EnrichParams, run: str) -> str:
-    return storage.join(params.work_root(), "quarantine", run)
+    return join(params.work_root(), "quarantine", run)
 
 
 def run_jobs(params: EnrichParams, flow_run_id: str) -> str:
     """Where a flow run records its Mistral jobs the moment they exist: a cancel hook running in
     another process (the worker's) finds them there."""
-    return storage.join(params.work_root(), "runs", flow_run_id)
+    return join(params.work_root(), "runs", flow_run_id)

@@ -18,9 +18,9 @@ import httpx2
 from mistralai.client import Mistral, errors, models
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
-# Re-exported (the explicit form mypy wants) for tasks.results, until it asks transient_status.
+# Re-exported (the explicit form mypy wants) for tasks.core.parsing, until it asks transient_status.
 from tasks.core.errors import EnrichError, TerminalError, TransientError, transient_status
-from tasks.settings import MistralSettings
+from tasks.edges.settings import MistralSettings
 
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"})
 ACTIVE_STATUSES = ("QUEUED", "RUNNING", "CANCELLATION_REQUESTED")

@@ -25,8 +25,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tasks.core import layout
 from tasks.core.errors import TerminalError
-from tasks.settings import StorageSettings
+from tasks.edges.settings import StorageSettings
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -44,8 +45,9 @@ class CrossFilesystemMoveError(TerminalError):
     filesystems."""
 
 
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+# Path arithmetic belongs to the layout; storage offers it beside the I/O that uses it.
+is_remote = layout.is_remote
+join = layout.join
 
 
 def _strip(uri: str) -> str:
@@ -88,12 +90,6 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if not is_remote(uri):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-
-
-def join(uri: str, *parts: str) -> str:
-    if is_remote(uri):
-        return posixpath.join(uri.rstrip("/"), *parts)
-    return str(Path(_strip(uri), *parts))
 
 
 def exists(uri: str) -> bool:

@@ -79,3 +79,6 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         return " ".join(str(chunk.get("text", "")) for chunk in content if isinstance(chunk, dict))
     return ""
+
+
+TOKENS = TokenCounter()  # one per process: each tokenizer is loaded once

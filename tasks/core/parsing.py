@@ -19,9 +19,9 @@ import polars as pl
 import kinds
 from kinds import ANSWER_ERROR, Kind
 from schemas.params import EnrichParams, KindOptions
+from tasks.core.columns import TEXT_KEY
 from tasks.core.errors import TERMINAL_5XX, TRANSIENT_STATUS_CODES
-from tasks.plan import TEXT_KEY
-from tasks.requests import INPUT_CONTEXT_TOKENS
+from tasks.core.packing import INPUT_CONTEXT_TOKENS
 
 FAILURE_SCHEMA = {
     TEXT_KEY: pl.UInt64,

@@ -5,3 +5,7 @@ TEXT_KEY_2 = "_text_key_2"  # a second, independent hash: with the first, the ca
 REJECT = "_reject_reason"
 BUCKET = "_bucket"
 KEY_SCHEME = 1  # bump when the key recipe changes: every cached entry then misses, none is wrong
+# The content cache's columns (its files outlive runs: these names are part of its format).
+CACHE_KEY = "text_key"
+CACHE_KEY_2 = "text_key_2"
+CACHE_TOKENS = "tokens"
