@@ -445,7 +445,6 @@ def check_objects(tree: Path, findings: Findings, *, temp_files: bool) -> None:
 
 def check_target(target: Target, tree: Path, findings: Findings) -> None:
     """The partition describes one run, and holds every input id exactly once."""
-    name = target.output.name
     data = target.partition / "part-0.parquet"
     manifest_path = target.work / "published" / f"partition={PARTITION}" / "_manifest.json"
     rejected_folder = target.work / "rejected" / f"partition={PARTITION}"
@@ -486,9 +485,22 @@ def check_target(target: Target, tree: Path, findings: Findings) -> None:
     if others:
         partial(rejected_folder, f"files beside the manifest's rejected rows: {others}")
 
+    check_ids(
+        target, {"table": data, "rejected": Path(named) if named else None}, partial, findings
+    )
+
+
+def check_ids(
+    target: Target,
+    files: dict[str, Path | None],
+    partial: Callable[[Path, str], None],
+    findings: Findings,
+) -> None:
+    """Every input id exactly once across the table and the rejected rows."""
+    name = target.output.name
     found: list[int] = []
     sources: dict[int, list[str]] = {}
-    for label, path in (("table", data), ("rejected", Path(named) if named else None)):
+    for label, path in files.items():
         if path is None or not path.is_file():
             continue
         try:
