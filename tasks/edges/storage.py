@@ -54,21 +54,26 @@ def _strip(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-@lru_cache(maxsize=4)
 def _s3() -> fsspec.AbstractFileSystem:
-    settings = StorageSettings()
-    client_kwargs: dict[str, Any] = {}
+    """The S3 filesystem for the settings in the environment now: a changed environment takes
+    effect at once (a test, a worker), and the filesystem is built once per distinct settings."""
+    names = (f"AWS_{name.upper()}" for name in StorageSettings.model_fields)
+    return _s3_for(tuple(os.environ.get(name) for name in names))
+
+
+@lru_cache(maxsize=4)
+def _s3_for(environment: tuple[str | None, ...]) -> fsspec.AbstractFileSystem:
+    settings = StorageSettings()  # the environment ``environment`` was read from
     region = settings.region or settings.default_region
-    if region:
-        client_kwargs["region_name"] = region
-    secret = settings.secret_access_key
+    secrets = (settings.access_key_id, settings.secret_access_key, settings.session_token)
+    key, secret, token = (s.get_secret_value() if s else None for s in secrets)
     return fsspec.filesystem(
         "s3",
-        key=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
-        secret=secret.get_secret_value() if secret else None,
-        token=settings.session_token.get_secret_value() if settings.session_token else None,
+        key=key,
+        secret=secret,
+        token=token,
         endpoint_url=settings.endpoint_url,
-        client_kwargs=client_kwargs,
+        client_kwargs={"region_name": region} if region else {},
         use_listings_cache=False,
     )
 

@@ -38,11 +38,7 @@ def use(monkeypatch: pytest.MonkeyPatch, emu: EmulatorProcess) -> EmulatorProces
 def s3(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedS3) -> Iterator[SeaweedS3]:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
-    from tasks.edges import storage
-
-    storage._s3.cache_clear()  # the filesystem is built from the settings of its first use
     yield s3_server
-    storage._s3.cache_clear()
 
 
 def flow_params(source: Path | str, output: Path | str, **overrides: object) -> EnrichParams:

@@ -22,9 +22,7 @@ from tests.seaweed import BUCKET, SeaweedS3
 def s3(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedS3) -> Iterator[str]:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
-    storage._s3.cache_clear()
     yield f"s3://{BUCKET}/trust-{uuid.uuid4().hex[:8]}"
-    storage._s3.cache_clear()
 
 
 class WriterDiedError(RuntimeError):
