@@ -37,6 +37,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from benchmarks.child import report, run_phase
+from benchmarks.inputs import make_input
 from schemas.params import CacheMode, EnrichParams
 
 FILES = 20
@@ -52,21 +53,6 @@ def params_for(work: Path, mode: CacheMode = CacheMode.use) -> EnrichParams:
         partition="2026-11-22",
         cache_mode=mode,
     )
-
-
-def make_input(work: Path, rows: int) -> pl.DataFrame:
-    words = ["parcel", "late", "great", "support", "refund", "broken", "fast", "order", "app"]
-    frame = pl.DataFrame({"id": pl.int_range(rows, eager=True)}).with_columns(
-        pl.format(
-            "comment {}: the {} was {} and {}",
-            pl.col("id"),
-            pl.lit(pl.Series(words)).get(pl.col("id") % 9),
-            pl.lit(pl.Series(words)).get(pl.col("id") % 7),
-            pl.lit(pl.Series(words)).get(pl.col("id") % 5),
-        ).alias("text")
-    )
-    frame.write_parquet(work / "input.parquet")
-    return frame
 
 
 def make_cache(work: Path, frame: pl.DataFrame, entries: int) -> str:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.child import report, run_phase
+from benchmarks.inputs import make_input
 from schemas.params import EnrichParams
 
 SHARD_SIZE = 20_000
@@ -47,21 +48,6 @@ def params_for(work: Path) -> EnrichParams:
         partition=PARTITION,
         shard_size=SHARD_SIZE,
     )
-
-
-def make_input(work: Path, rows: int) -> None:
-    words = ["parcel", "late", "great", "support", "refund", "broken", "fast", "order", "app"]
-    frame = pl.DataFrame({"id": pl.int_range(rows, eager=True)}).with_columns(
-        pl.format(
-            "comment {} : the {} was {} and {}",
-            pl.col("id"),
-            pl.lit(pl.Series(words)).get(pl.col("id") % 9),
-            pl.lit(pl.Series(words)).get((pl.col("id") // 9) % 9),
-            pl.lit(pl.Series(words)).get((pl.col("id") // 81) % 9),
-        ).alias("text"),
-        (pl.col("id") % 7).alias("segment"),
-    )
-    frame.write_parquet(work / "input.parquet")
 
 
 # --- phases, each run in its own process -----------------------------------------------------

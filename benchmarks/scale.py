@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.local_overhead import make_input
+from benchmarks.inputs import make_input
 from emulator.server import EmulatorProcess
 
 PROJECT = Path(__file__).resolve().parents[1]

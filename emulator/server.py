@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 import uvicorn
 
@@ -115,7 +115,40 @@ class ChildService:
             process.wait(timeout=timeout)
 
 
-class EmulatorProcess:
+class ManagedServer:
+    """A server a test or a benchmark runs as a child process: ``with Server(...) as server``
+    starts it and stops it, whatever happens in between. Subclasses launch ``self._service``."""
+
+    def __init__(self, name: str) -> None:
+        self._service = ChildService(name)
+
+    @property
+    def output(self) -> list[str]:
+        return self._service.output
+
+    @property
+    def pid(self) -> int | None:
+        return self._service.pid
+
+    def start(self, timeout: float = 60.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
+        self._service.stop(kill=kill, timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmulatorProcess(ManagedServer):
     """The emulator as a child process on a free loopback port.
 
     The API key travels in the environment, never on the command line (``ps`` shows arguments).
@@ -136,11 +169,7 @@ class EmulatorProcess:
         self.extra_args = extra_args
         self.host = host
         self.url = ""
-        self._service = ChildService("emulator")
-
-    @property
-    def output(self) -> list[str]:
-        return self._service.output
+        super().__init__("emulator")
 
     def start(self, timeout: float = 60.0) -> EmulatorProcess:
         args = [sys.executable, "-m", "emulator", "--host", self.host, "--port", "0"]
@@ -155,17 +184,3 @@ class EmulatorProcess:
         )
         self.url = line[len(READY_PREFIX) :].strip()
         return self
-
-    def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
-        self._service.stop(kill=kill, timeout=timeout)
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -9,11 +9,12 @@ at the same time: memory would grow with the data. A few dedicated threads run t
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,3 +67,17 @@ def in_shard_slot(work: Callable[..., T], *args: Any) -> T:
     """
     context = contextvars.copy_context()
     return _shard_threads().submit(context.run, work, *args).result()
+
+
+P = ParamSpec("P")
+
+
+def on_shard_slot(work: Callable[P, T]) -> Callable[P, T]:
+    """``work`` with its own signature, run on a shard slot when called: what a task wraps when it
+    adds nothing else, so the task does not restate the function's parameters."""
+
+    @functools.wraps(work)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return in_shard_slot(functools.partial(work, *args, **kwargs))
+
+    return run

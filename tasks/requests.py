@@ -23,7 +23,7 @@ from tasks.core.keys import normalised
 from tasks.core.packing import MAX_SHARD_BYTES, BuiltRequests, build, jsonl
 from tasks.edges import storage
 from tasks.edges.tokens import TOKENS
-from tasks.memory import in_shard_slot
+from tasks.memory import on_shard_slot
 
 
 def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame:
@@ -101,18 +101,16 @@ def write_shard(built: BuiltRequests, plan: PlanRef, shard: int, attempt: int) -
     )
 
 
-@task(name="build-requests")
-def build_requests(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
+def first_attempt(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
     """The first attempt of a shard; None when the shard has no new text. A shard whose new
     texts are all over the model's context has 0 requests: it is recorded, never submitted."""
-    return in_shard_slot(_first_attempt, plan, params, shard)
-
-
-def _first_attempt(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
     texts = shard_texts(plan, params, shard)
     if texts.height == 0:
         return None
     return write_shard(build(texts, params, shard, 0, TOKENS), plan, shard, 0)
+
+
+build_requests = task(name="build-requests")(on_shard_slot(first_attempt))
 
 
 @task(name="build-retry-requests")

@@ -23,7 +23,7 @@ from tasks.core.columns import BUCKET, TEXT_KEY
 from tasks.core.joins import cache_additions, enrich_rows
 from tasks.edges import storage
 from tasks.failpoints import failpoint
-from tasks.memory import in_shard_slot
+from tasks.memory import on_shard_slot
 
 
 def cached_results(plan: PlanRef, shard: int) -> pl.DataFrame:
@@ -63,6 +63,10 @@ def merge_attempts(
     return ok, failed
 
 
+def _here() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def staged(plan: PlanRef, folder: str, shard: int) -> str:
     return storage.join(plan.staging, folder, f"part-{shard:05d}.parquet")
 
@@ -76,7 +80,7 @@ def write_shard(
 ) -> WriteRef:
     """Stage a shard's enriched and rejected rows, its checks frame and its row ids."""
     if not storage.exists(plan.rows_uri(shard)):  # no row hashed into this shard
-        return WriteRef(shard=shard, enriched_rows=0, rejected_rows=0)
+        return WriteRef(shard=shard, enriched_rows=0, rejected_rows=0, process=_here())
     rows = storage.scan_parquet(plan.rows_uri(shard)).collect()
     fresh, failed = merge_attempts(collected, enriched_at)
     cached = cached_results(plan, shard)
@@ -127,16 +131,8 @@ def write_shard(
         cached_rows=int((enriched["result_source"] == "cache").sum()) if enriched.height else 0,
         cache_add_uri=cache_add_uri,
         cache_add_rows=cache_add_rows,
+        process=_here(),  # which process wrote it: the flow's, or a Dask worker
     )
 
 
-@task(name="write")
-def write(
-    plan: PlanRef,
-    params: EnrichParams,
-    shard: int,
-    collected: list[CollectRef],
-    enriched_at: datetime,
-) -> WriteRef:
-    ref = in_shard_slot(write_shard, plan, params, shard, collected, enriched_at)
-    return ref.model_copy(update={"process": f"{socket.gethostname()}:{os.getpid()}"})
+write = task(name="write")(on_shard_slot(write_shard))

@@ -11,9 +11,8 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
-from emulator.server import ChildService
+from emulator.server import ManagedServer
 
 ACCESS_KEY = "seaweed-test-access"
 SECRET_KEY = "seaweed-test-secret"
@@ -53,11 +52,13 @@ def weed_binary() -> str:
     return found
 
 
-class SeaweedS3:
+class SeaweedS3(ManagedServer):
+    """SeaweedFS's S3 gateway on free loopback ports, with the test bucket created."""
+
     def __init__(self, data_dir: Path) -> None:
+        super().__init__("SeaweedFS")
         self.data_dir = data_dir
         self.endpoint = ""
-        self._service = ChildService("SeaweedFS")
 
     @property
     def env(self) -> dict[str, str]:
@@ -111,17 +112,3 @@ class SeaweedS3:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-
-    def stop(self) -> None:
-        self._service.stop()
-
-    def __enter__(self) -> SeaweedS3:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
