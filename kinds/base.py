@@ -169,6 +169,49 @@ class Kind(ABC):
         return None
 
 
+class StructuredChat(Kind):
+    """A kind answered by a chat model as a strict JSON object: the instructions are the system
+    turn, the row's text the user turn, and ``answer_schema`` the ``response_format``."""
+
+    endpoint = "/v1/chat/completions"
+    default_model = "mistral-small-latest"
+    tokenizer = "chat"
+    default_instructions: ClassVar[str]
+    max_answer_tokens: ClassVar[int]
+
+    @abstractmethod
+    def answer_schema(self, options: KindOptions) -> dict[str, Any]:
+        """The JSON Schema every answer must follow."""
+
+    @abstractmethod
+    def answer_options(self, options: KindOptions) -> dict[str, Any]:
+        """The kind's own options that change an answer (the instructions are added)."""
+
+    def instructions(self, options: KindOptions) -> str:
+        return options.instructions or self.default_instructions
+
+    def result_options(self, options: KindOptions) -> dict[str, Any]:
+        return {**self.answer_options(options), "instructions": self.instructions(options)}
+
+    def body(self, params: EnrichParams, inputs: pl.Expr) -> pl.Expr:
+        options = params.options
+        schema = self.answer_schema(options)
+        return chat_body(
+            self.instructions(options), self.name, schema, self.max_answer_tokens, inputs
+        )
+
+    def output_schema(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": CHOICES}
+
+    def items(self, body: pl.Expr, frame: pl.DataFrame) -> pl.DataFrame:
+        """A chat answer per line: its first choice."""
+        return frame.select(
+            "custom_id",
+            pl.lit(0, pl.Int64).alias("position"),
+            body.struct.field("choices").list.first().alias("choice"),
+        )
+
+
 # Shared by several kinds ---------------------------------------------------------------------
 
 
@@ -207,15 +250,6 @@ def chat_body(
 CHOICES = pl.List(
     pl.Struct({"message": pl.Struct({"content": pl.String}), "finish_reason": pl.String})
 )
-
-
-def chat_items(body: pl.Expr, frame: pl.DataFrame) -> pl.DataFrame:
-    """A chat answer per line: its first choice."""
-    return frame.select(
-        "custom_id",
-        pl.lit(0, pl.Int64).alias("position"),
-        body.struct.field("choices").list.first().alias("choice"),
-    )
 
 
 def chat_content() -> pl.Expr:

@@ -11,23 +11,21 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from kinds.base import CHOICES, Kind, chat_body, chat_content, chat_items
+from kinds.base import StructuredChat, chat_content
 
 if TYPE_CHECKING:
     from schemas.params import EnrichParams, KindOptions
 
-SCHEMA_NAME = "classification"
 DEFAULT_INSTRUCTIONS = (
     "Classify the user's text. Answer with the single label from the allowed set that fits best."
 )
 
 
-class Classification(Kind):
+class Classification(StructuredChat):
     name = "classification"
-    endpoint = "/v1/chat/completions"
     suite = "classification"
-    default_model = "mistral-small-latest"
-    tokenizer = "chat"
+    default_instructions = DEFAULT_INSTRUCTIONS
+    max_answer_tokens = 64
 
     def check(self, options: KindOptions) -> None:
         super().check(options)
@@ -38,32 +36,22 @@ class Classification(Kind):
                 f"non-empty labels (got {labels!r})"
             )
 
-    def result_options(self, options: KindOptions) -> dict[str, Any]:
-        return {"labels": list(options.labels), "instructions": self.instructions(options)}
-
-    def instructions(self, options: KindOptions) -> str:
-        return options.instructions or DEFAULT_INSTRUCTIONS
+    def answer_options(self, options: KindOptions) -> dict[str, Any]:
+        return {"labels": list(options.labels)}
 
     def output_names(self, options: KindOptions) -> list[str]:
         return ["label"]
 
-    def body(self, params: EnrichParams, inputs: pl.Expr) -> pl.Expr:
-        schema = {
+    def answer_schema(self, options: KindOptions) -> dict[str, Any]:
+        return {
             "type": "object",
-            "properties": {"label": {"type": "string", "enum": list(params.options.labels)}},
+            "properties": {"label": {"type": "string", "enum": list(options.labels)}},
             "required": ["label"],
             "additionalProperties": False,
         }
-        return chat_body(self.instructions(params.options), SCHEMA_NAME, schema, 64, inputs)
 
     def answer_sample(self, options: KindOptions) -> str:
         return json.dumps({"label": max(options.labels, key=len)})
-
-    def output_schema(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return {"choices": CHOICES}
-
-    def items(self, body: pl.Expr, frame: pl.DataFrame) -> pl.DataFrame:
-        return chat_items(body, frame)
 
     def results(self, items: pl.DataFrame, options: KindOptions) -> pl.DataFrame:
         # The label is kept as answered: the validation gate, not the parser, judges it.

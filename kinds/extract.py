@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from kinds.base import ANSWER_ERROR, CHOICES, GATE_ONLY, Kind, chat_body, chat_content, chat_items
+from kinds.base import ANSWER_ERROR, GATE_ONLY, StructuredChat, chat_content
 
 if TYPE_CHECKING:
-    from schemas.params import EnrichParams, KindOptions
+    from schemas.params import KindOptions
 
-SCHEMA_NAME = "extract"
 ANSWER = f"{GATE_ONLY}answer"
 MAX_ANSWER_TOKENS = 1024
 DEFAULT_INSTRUCTIONS = (
@@ -115,35 +114,27 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Extract(Kind):
+class Extract(StructuredChat):
     name = "extract"
-    endpoint = "/v1/chat/completions"
     suite = "extract"
-    default_model = "mistral-small-latest"
-    tokenizer = "chat"
+    default_instructions = DEFAULT_INSTRUCTIONS
+    max_answer_tokens = MAX_ANSWER_TOKENS
 
     def check(self, options: KindOptions) -> None:
         super().check(options)
         fields(options.json_schema)
 
-    def instructions(self, options: KindOptions) -> str:
-        return options.instructions or DEFAULT_INSTRUCTIONS
-
-    def result_options(self, options: KindOptions) -> dict[str, Any]:
-        return {"json_schema": options.json_schema, "instructions": self.instructions(options)}
+    def answer_options(self, options: KindOptions) -> dict[str, Any]:
+        return {"json_schema": options.json_schema}
 
     def output_names(self, options: KindOptions) -> list[str]:
         return [f.name for f in fields(options.json_schema)]
 
-    def body(self, params: EnrichParams, inputs: pl.Expr) -> pl.Expr:
-        options = params.options
-        schema = strict_schema(options.json_schema or {})
-        instructions = self.instructions(options)
-        return chat_body(instructions, SCHEMA_NAME, schema, MAX_ANSWER_TOKENS, inputs)
+    def answer_schema(self, options: KindOptions) -> dict[str, Any]:
+        return strict_schema(options.json_schema or {})
 
     def prompt_overhead(self, options: KindOptions) -> list[str]:
-        schema = strict_schema(options.json_schema or {})
-        return [self.instructions(options), json.dumps(schema)]
+        return [self.instructions(options), json.dumps(self.answer_schema(options))]
 
     def answer_sample(self, options: KindOptions) -> str:
         sample = {}
@@ -151,12 +142,6 @@ class Extract(Kind):
             value = max(f.enum, key=lambda v: len(str(v))) if f.enum else SAMPLE_VALUES[f.type]
             sample[f.name] = [value] * 3 if f.array else value
         return json.dumps(sample)
-
-    def output_schema(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return {"choices": CHOICES}
-
-    def items(self, body: pl.Expr, frame: pl.DataFrame) -> pl.DataFrame:
-        return chat_items(body, frame)
 
     def results(self, items: pl.DataFrame, options: KindOptions) -> pl.DataFrame:
         content = chat_content()
