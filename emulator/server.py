@@ -49,6 +49,10 @@ def serve(config: EmulatorConfig, host: str, port: int, *, access_log: bool = Fa
     _AnnouncingServer(uv_config, f"http://{shown_host}:{bound_port}").run(sockets=[sock])
 
 
+class ServiceStartError(RuntimeError):
+    """A child server exited before it printed its ready line; its output says why."""
+
+
 class ChildService:
     """A server run as a child process: started, awaited until it prints its ready line, stopped.
 
@@ -84,7 +88,7 @@ class ChildService:
             except queue.Empty:
                 break
             if line is None:
-                raise RuntimeError(
+                raise ServiceStartError(
                     f"{self.name} exited before it was ready:\n" + "".join(self.output)
                 )
             if ready(line):

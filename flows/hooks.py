@@ -17,7 +17,7 @@ from prefect.logging import get_logger
 from schemas.params import EnrichParams, OnCancel
 from tasks import lease
 from tasks.batch import gateway
-from tasks.core import layout
+from tasks.core.layout import Layout
 from tasks.edges import events, storage
 from tasks.edges.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
 
@@ -35,7 +35,7 @@ def recorded_jobs(api: MistralGateway, params: EnrichParams, flow_run_id: str) -
     job created just before the record could be written); the listing is checked job by job, so
     another user's job is never touched."""
     ids = []
-    for uri in storage.list_files(layout.run_jobs(params, flow_run_id), ".json"):
+    for uri in storage.list_files(Layout.of(params).run_jobs(flow_run_id), ".json"):
         with storage.open_read(uri) as handle:
             ids.append(str(json.load(handle)["job_id"]))
     for job in api.find_jobs({"enrich_flow_run": flow_run_id}):
@@ -47,7 +47,7 @@ def recorded_jobs(api: MistralGateway, params: EnrichParams, flow_run_id: str) -
 def release_leases(params: EnrichParams, run_id: str) -> None:
     """Free the partitions the run held, so the next run need not wait for the lease to
     expire (a run on this host that died is noticed anyway; one on another host is not)."""
-    for uri in lease.release_for_run(layout.leases(params), run_id):
+    for uri in lease.release_for_run(Layout.of(params).leases(), run_id):
         get_logger("enrich.hooks").info("Released lease %s of flow run %s", uri, run_id)
 
 

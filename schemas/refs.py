@@ -28,13 +28,6 @@ class PlanRef(_Ref):
     cache_hit_texts: int = 0
     cache_hit_tokens: int = 0  # prompt tokens the hits cost when they were sent
 
-    def rows_uri(self, shard: int) -> str:
-        return f"{self.staging.rstrip('/')}/rows/_bucket={shard}"
-
-    def cached_uri(self, shard: int | None = None) -> str:
-        base = f"{self.staging.rstrip('/')}/cached"
-        return base if shard is None else f"{base}/_bucket={shard}"
-
 
 class Estimate(_Ref):
     """What a run (or a retry pass) would send and cost, before anything is submitted."""

@@ -25,10 +25,10 @@ from prefect.runtime import flow_run
 
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
-from tasks.core import layout
 from tasks.core.columns import TEXT_KEY
 from tasks.core.errors import TransientError
 from tasks.core.keys import job_key
+from tasks.core.layout import Layout, Staging
 from tasks.core.parsing import parse, too_long_failures
 from tasks.edges import events, storage
 from tasks.edges.mistral import (
@@ -44,7 +44,6 @@ from tasks.edges.mistral import (
 from tasks.edges.settings import mistral_settings
 from tasks.failpoints import failpoint
 from tasks.memory import in_shard_slot
-from tasks.requests import attempt_dir
 from tasks.retry import retry_if_transient
 
 GRACE_SECONDS = 3600.0  # past timeout_hours, Mistral itself ends the job: wait this much longer
@@ -230,7 +229,7 @@ def submit_job(
     whose results expired is not reused (its rows are sent again, and paid again)."""
     log = log or logging.getLogger(__name__)
     key = job_key(shard.content_hash, params.result_options())
-    folder = attempt_dir(plan, shard.shard, shard.attempt)
+    folder = Staging(plan.staging).attempt(shard.shard, shard.attempt)
     record_uri = storage.join(folder, "job.json")
     intent_uri = storage.join(folder, "create-intent.json")
     intent: dict[str, Any] = storage.read_json(intent_uri) if storage.exists(intent_uri) else {}
@@ -282,7 +281,7 @@ def submit_job(
     record = ref.model_dump()
     if flow_run_id:
         storage.write_json(
-            storage.join(layout.run_jobs(params, flow_run_id), f"{job.id}.json"), record
+            storage.join(Layout.of(params).run_jobs(flow_run_id), f"{job.id}.json"), record
         )
     storage.write_json(record_uri, record)
     return ref
@@ -373,7 +372,7 @@ def collect_results(
 
     Output or error files that answer 404 have expired: every text of the job becomes a
     transient failure, so the retry pass sends it again."""
-    folder = attempt_dir(plan, shard.shard, shard.attempt)
+    folder = Staging(plan.staging).attempt(shard.shard, shard.attempt)
     record_uri = storage.join(folder, "collected.json")
     staged = staged_collect(record_uri, outcome.job_id)
     if staged is not None:
@@ -441,7 +440,7 @@ def record_unsent_shard(shard: ShardRef, plan: PlanRef) -> CollectRef:
         else pl.DataFrame(schema={TEXT_KEY: pl.UInt64, "_tokens": pl.Int64})
     )
     failures = too_long_failures(too_long)
-    folder = attempt_dir(plan, shard.shard, shard.attempt)
+    folder = Staging(plan.staging).attempt(shard.shard, shard.attempt)
     results_uri = storage.join(folder, "results.parquet")
     failures_uri = storage.join(folder, "failures.parquet")
     storage.write_parquet(pl.DataFrame(schema={TEXT_KEY: pl.UInt64}).to_arrow(), results_uri)

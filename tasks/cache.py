@@ -52,6 +52,7 @@ from tasks.core.columns import (
     TEXT_KEY_2,
 )
 from tasks.core.errors import TerminalError
+from tasks.core.layout import Staging
 from tasks.edges import storage
 from tasks.retry import retry_if_transient
 
@@ -455,7 +456,7 @@ def fetch_cached(plan: PlanRef, file_index: int) -> int:
     assert plan.hits_uri is not None
     uri = plan.cache_files[file_index]
     hits = storage.read_parquet(plan.hits_uri).filter(pl.col(FILE) == file_index)
-    copied = fetch(uri, file_index, hits, plan.shards, plan.cached_uri())
+    copied = fetch(uri, file_index, hits, plan.shards, Staging(plan.staging).cached())
     if copied != hits.height:
         raise CacheFileGoneError(
             f"the cache file {uri} held {copied} of the {hits.height} results it held when the "

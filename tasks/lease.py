@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from schemas.params import EnrichParams
-from tasks.core import layout
 from tasks.core.errors import TerminalError, TransientError
+from tasks.core.layout import Layout
 from tasks.edges import storage
 
 TTL_SECONDS = 300.0
@@ -296,7 +296,7 @@ def holding_partition(params: EnrichParams, partition: str) -> Iterator[Lease]:
 
     log = get_run_logger()
     lease = acquire(
-        layout.lease_folder(params, partition),
+        Layout.of(params).lease_folder(partition),
         flow_run.get_id(),
         log,
         wait_seconds=params.lease_wait_seconds,

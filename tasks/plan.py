@@ -25,10 +25,10 @@ from prefect.logging import get_run_logger
 from schemas.params import CacheMode, EnrichParams
 from schemas.refs import PlanRef
 from tasks import cache
-from tasks.core import layout
 from tasks.core.columns import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.core.inputs import InputError, check_columns, check_ids, reject_reason
 from tasks.core.keys import run_key, text_keys
+from tasks.core.layout import Layout, Staging
 from tasks.edges import storage
 from tasks.failpoints import failpoint
 
@@ -115,11 +115,12 @@ def plan_run(params: EnrichParams, partition: str) -> PlanRef:
 
     input_fingerprint = fingerprint(dataset, params.input)
     key = run_key(params, input_fingerprint, partition)
-    staging = layout.staging(params, key)
+    staging = Layout.of(params).staging(key)
     shards = max(1, math.ceil(rows / params.shard_size))
-    rows_uri = storage.join(staging, "rows")
+    folders = Staging(staging)
+    rows_uri = folders.rows()
     # Everything a run derives from the rows is rebuilt: nothing a killed run staged is trusted.
-    for stale in (rows_uri, storage.join(staging, "cache"), storage.join(staging, "cached")):
+    for stale in (rows_uri, folders.cache_lookup(), folders.cached()):
         storage.remove(stale)
     storage.sweep_temporary(staging)
     rejected = bucket_rows(dataset, params, shards, rows_uri)
@@ -164,7 +165,7 @@ def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dic
         pl.col(cache.FILE).replace_strict(renumber, return_dtype=pl.Int32),
         (pl.col(TEXT_KEY) % shards).cast(pl.Int32).alias(BUCKET),
     ).sort(BUCKET)  # row-group statistics let each shard read only its own hits
-    hits_uri = storage.join(staging, "cache", "hits.parquet")
+    hits_uri = Staging(staging).hits()
     storage.write_parquet(hits.to_arrow(), hits_uri, row_group_size=32_768)
     return {
         "cache_files": [files[i] for i in used],

@@ -33,6 +33,7 @@ from schemas.params import EnrichParams
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
 from tasks.core import layout
 from tasks.core.errors import TerminalError
+from tasks.core.layout import Layout, Staging
 from tasks.edges import events, storage
 from tasks.failpoints import failpoint
 
@@ -126,14 +127,14 @@ def _manifest(record: dict[str, Any], data_uri: str | None) -> dict[str, Any]:
 def _finish(params: EnrichParams, partition: str, record: dict[str, Any]) -> None:
     """Make the partition's manifest and rejected rows those of ``record``, then ``_SUCCESS``."""
     data_uri = record["files"]["data"]
-    storage.write_json(layout.manifest_file(params, partition), _manifest(record, data_uri))
+    storage.write_json(Layout.of(params).manifest_file(partition), _manifest(record, data_uri))
     keep = record["files"]["rejected"]
-    for old in storage.list_files(layout.rejected_folder(params, partition), ".parquet"):
+    for old in storage.list_files(Layout.of(params).rejected_folder(partition), ".parquet"):
         if keep is None or storage.filesystem(old)[1] != storage.filesystem(keep)[1]:
             storage.remove(old)
-    marker = storage.join(layout.publish_scratch(params, partition), layout.SUCCESS_MARKER)
+    marker = storage.join(Layout.of(params).publish_scratch(partition), layout.SUCCESS_MARKER)
     storage.write_bytes(marker, b"")  # empty: polars reads every non-empty file in the folder
-    storage.move_into_place(marker, layout.success_marker(params, partition))
+    storage.move_into_place(marker, Layout.of(params).success_marker(partition))
 
 
 def repair_published(params: EnrichParams, partition: str) -> str | None:
@@ -143,10 +144,10 @@ def repair_published(params: EnrichParams, partition: str) -> str | None:
     the truth where it is newer than the manifest; an emptying publish writes its manifest
     before it removes the data.
     Returns the run id the partition now describes (None: nothing published yet)."""
-    data_uri = layout.data_file(params, partition)
-    success = layout.success_marker(params, partition)
+    data_uri = Layout.of(params).data_file(partition)
+    success = Layout.of(params).success_marker(partition)
     footer = footer_record(data_uri)
-    manifest_uri = layout.manifest_file(params, partition)
+    manifest_uri = Layout.of(params).manifest_file(partition)
     manifest = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else None
     if storage.exists(success):  # removed first and written last by every publish
         return str(manifest["run_id"]) if manifest else None
@@ -184,10 +185,10 @@ def publish_run(
     rejected rows), write the rejected rows under a run-unique name, remove ``_SUCCESS``, move
     the data into place, write the manifest, clean older rejected rows, write ``_SUCCESS``."""
     partition = plan.partition
-    data_uri = layout.data_file(params, partition)
+    data_uri = Layout.of(params).data_file(partition)
     enriched = [w.enriched_uri for w in written if w.enriched_uri]
     rejected = [w.rejected_uri for w in written if w.rejected_uri]
-    rejected_uri = layout.rejected_file(params, partition, run_id) if rejected else None
+    rejected_uri = Layout.of(params).rejected_file(partition, run_id) if rejected else None
     by_reason: dict[str, int] = {}
     for ref in written:
         for reason, count in ref.rejected_by_reason.items():
@@ -218,38 +219,36 @@ def publish_run(
         },
     }
     repair_published(params, partition)
-    staged_data = storage.join(plan.staging, "publish", layout.DATA_FILE)
+    staged_data = Staging(plan.staging).publish_data()
     rows = 0
     if enriched:
         vectors = _published_vectors(params, written)
         rows = combine(enriched, staged_data, vectors, after_part, footer=record)
     if rejected_uri is not None:
         combine(rejected, rejected_uri, None)
-    storage.remove(layout.success_marker(params, partition))
+    storage.remove(Layout.of(params).success_marker(partition))
     if enriched:
         storage.move_into_place(staged_data, data_uri)
         failpoint("publish")
     else:  # every row was rejected (the gate allowed it): the manifest first, then emptying
-        storage.write_json(layout.manifest_file(params, partition), _manifest(record, None))
+        storage.write_json(Layout.of(params).manifest_file(partition), _manifest(record, None))
         failpoint("publish")
         storage.remove(data_uri)
     _finish(params, partition, record)
     return PublishRef(
         data_uri=data_uri if enriched else None,
         rejected_uri=rejected_uri,
-        manifest_uri=layout.manifest_file(params, partition),
+        manifest_uri=Layout.of(params).manifest_file(partition),
         rows=rows,
     )
 
 
 def quarantine_staging(plan: PlanRef, params: EnrichParams, run_id: str) -> str:
     """Move the run's staged outputs, validation result and Data Docs aside; returns where."""
-    target = layout.quarantine(params, run_id)
+    target = Layout.of(params).quarantine(run_id)
     for folder in ("enriched", "rejected", "checks", "ids", "data_docs"):
         storage.move_tree(storage.join(plan.staging, folder), storage.join(target, folder))
-    storage.move_tree(
-        storage.join(plan.staging, "validation.json"), storage.join(target, "validation.json")
-    )
+    storage.move_tree(Staging(plan.staging).validation(), Staging(target).validation())
     return target
 
 

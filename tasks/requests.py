@@ -20,6 +20,7 @@ from schemas.refs import PlanRef, ShardRef
 from tasks.core.columns import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.core.inputs import InputError
 from tasks.core.keys import normalised
+from tasks.core.layout import Staging
 from tasks.core.packing import MAX_SHARD_BYTES, BuiltRequests, build, jsonl
 from tasks.edges import storage
 from tasks.edges.tokens import TOKENS
@@ -29,9 +30,9 @@ from tasks.memory import on_shard_slot
 def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame:
     """The unique normalised texts of a shard that the cache does not hold, sorted by key; a
     hash collision is refused, not guessed."""
-    if not storage.exists(plan.rows_uri(shard)):  # no row hashed into this shard
+    if not storage.exists(Staging(plan.staging).rows(shard)):  # no row hashed into this shard
         return pl.DataFrame(schema={TEXT_KEY: pl.UInt64, params.text_column: pl.String})
-    rows = storage.scan_parquet(plan.rows_uri(shard))
+    rows = storage.scan_parquet(Staging(plan.staging).rows(shard))
     unique = (
         rows.filter(pl.col(REJECT).is_null())
         .select(TEXT_KEY, TEXT_KEY_2, normalised(params))
@@ -61,13 +62,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def attempt_dir(plan: PlanRef, shard: int, attempt: int) -> str:
-    return storage.join(plan.staging, "shards", f"{shard:05d}", f"attempt-{attempt}")
-
-
 def write_shard(built: BuiltRequests, plan: PlanRef, shard: int, attempt: int) -> ShardRef:
     """Write the JSONL, manifest and too-long texts to staging; hash the JSONL for identity."""
-    folder = attempt_dir(plan, shard, attempt)
+    folder = Staging(plan.staging).attempt(shard, attempt)
     requests_uri = storage.join(folder, "requests.jsonl")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp, "requests.jsonl")

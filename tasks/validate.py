@@ -21,6 +21,7 @@ from schemas.params import EnrichParams
 from schemas.refs import GateRef, PlanRef, WriteRef
 from tasks.core import checks
 from tasks.core.checks import EXAMPLES, data_docs
+from tasks.core.layout import Staging
 from tasks.edges import storage
 from tasks.failpoints import failpoint
 
@@ -46,12 +47,12 @@ def gate(plan: PlanRef, params: EnrichParams, written: list[WriteRef]) -> GateRe
         kind = kinds.kind_of(params)
         runs.append((derived, kind.suite, kind.suite_parameters(params, columns, derived)))
     results = [checks.validate(frame, suite, parameters) for frame, suite, parameters in runs]
-    result_uri = storage.join(plan.staging, "validation.json")
+    result_uri = Staging(plan.staging).validation()
     storage.write_json(result_uri, {r.suite: r.raw for r in results})
     docs_uri = None
     failed = [run for run, result in zip(runs, results, strict=True) if not result.success]
     if failed:
-        docs_uri = storage.join(plan.staging, "data_docs")
+        docs_uri = Staging(plan.staging).data_docs()
         with tempfile.TemporaryDirectory() as tmp:
             for frame, suite, parameters in failed:
                 data_docs(frame, suite, parameters, Path(tmp))

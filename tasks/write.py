@@ -21,6 +21,7 @@ from tasks import cache
 from tasks.core.checks import derive
 from tasks.core.columns import BUCKET, TEXT_KEY
 from tasks.core.joins import cache_additions, enrich_rows
+from tasks.core.layout import Staging
 from tasks.edges import storage
 from tasks.failpoints import failpoint
 from tasks.memory import on_shard_slot
@@ -28,9 +29,9 @@ from tasks.memory import on_shard_slot
 
 def cached_results(plan: PlanRef, shard: int) -> pl.DataFrame:
     """The shard's results copied out of the content cache (``tasks.cache.fetch``)."""
-    if not plan.hits_uri or not storage.exists(plan.cached_uri(shard)):
+    if not plan.hits_uri or not storage.exists(Staging(plan.staging).cached(shard)):
         return pl.DataFrame()
-    frame = storage.scan_parquet(plan.cached_uri(shard)).collect()
+    frame = storage.scan_parquet(Staging(plan.staging).cached(shard)).collect()
     return (
         frame.drop(cache.KEY_2, cache.TOKENS, BUCKET, strict=False)
         .rename({cache.KEY: TEXT_KEY})
@@ -67,10 +68,6 @@ def _here() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def staged(plan: PlanRef, folder: str, shard: int) -> str:
-    return storage.join(plan.staging, folder, f"part-{shard:05d}.parquet")
-
-
 def write_shard(
     plan: PlanRef,
     params: EnrichParams,
@@ -79,9 +76,9 @@ def write_shard(
     enriched_at: datetime,
 ) -> WriteRef:
     """Stage a shard's enriched and rejected rows, its checks frame and its row ids."""
-    if not storage.exists(plan.rows_uri(shard)):  # no row hashed into this shard
+    if not storage.exists(Staging(plan.staging).rows(shard)):  # no row hashed into this shard
         return WriteRef(shard=shard, enriched_rows=0, rejected_rows=0, process=_here())
-    rows = storage.scan_parquet(plan.rows_uri(shard)).collect()
+    rows = storage.scan_parquet(Staging(plan.staging).rows(shard)).collect()
     fresh, failed = merge_attempts(collected, enriched_at)
     cached = cached_results(plan, shard)
     parts = [f for f in (fresh, cached) if f.height]
@@ -91,20 +88,20 @@ def write_shard(
     enriched, rejected = enrich_rows(rows, results, failed, params, enriched_at)
     cache_add_uri, cache_add_rows = None, 0
     if plan.cache_folder and fresh.height:
-        cache_add_uri = staged(plan, "cache-add", shard)
+        cache_add_uri = Staging(plan.staging).staged("cache-add", shard)
         additions = cache_additions(rows, fresh)
         storage.write_parquet(additions.to_arrow(), cache_add_uri)
         cache_add_rows = additions.height
     enriched_uri = checks_uri = rejected_uri = None
     if enriched.height:
-        enriched_uri = staged(plan, "enriched", shard)
+        enriched_uri = Staging(plan.staging).staged("enriched", shard)
         storage.write_parquet(enriched.to_arrow(), enriched_uri)
-        checks_uri = staged(plan, "checks", shard)
+        checks_uri = Staging(plan.staging).staged("checks", shard)
         checks = derive(params, enriched)
         storage.write_parquet(checks.to_arrow(), checks_uri)
         failpoint("write")
     if rejected.height:
-        rejected_uri = staged(plan, "rejected", shard)
+        rejected_uri = Staging(plan.staging).staged("rejected", shard)
         storage.write_parquet(rejected.to_arrow(), rejected_uri)
     ids = pl.concat(
         [
@@ -114,7 +111,7 @@ def write_shard(
         ],
         how="diagonal_relaxed",
     )
-    ids_uri = staged(plan, "ids", shard)
+    ids_uri = Staging(plan.staging).staged("ids", shard)
     storage.write_parquet(ids.to_arrow(), ids_uri)
     by_reason = (
         dict(rejected["reject_reason"].value_counts().iter_rows()) if rejected.height else {}

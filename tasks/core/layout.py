@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import posixpath
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.params import EnrichParams
@@ -41,58 +42,103 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri.removeprefix("file://"), *parts))
 
 
-def partition_folder(params: EnrichParams, partition: str) -> str:
-    return join(params.output, f"{PARTITION_COLUMN}={partition}")
+@dataclass(frozen=True)
+class Layout:
+    """Every path of a table: its partitions, and its work root (staging, rejected rows,
+    manifests, quarantine, job records, leases). One owner: everyone else asks it."""
+
+    output: str
+    work: str
+
+    @classmethod
+    def of(cls, params: EnrichParams) -> Layout:
+        return cls(params.output, params.work_root())
+
+    # The table: what analysts read.
+
+    def partition_folder(self, partition: str) -> str:
+        return join(self.output, f"{PARTITION_COLUMN}={partition}")
+
+    def data_file(self, partition: str) -> str:
+        return join(self.partition_folder(partition), DATA_FILE)
+
+    def success_marker(self, partition: str) -> str:
+        return join(self.partition_folder(partition), SUCCESS_MARKER)
+
+    # The work root: what the pipeline keeps.
+
+    def staging(self, run_key: str) -> str:
+        return join(self.work, "staging", run_key)
+
+    def rejected_folder(self, partition: str) -> str:
+        return join(self.work, "rejected", f"{PARTITION_COLUMN}={partition}")
+
+    def rejected_file(self, partition: str, run_id: str) -> str:
+        """Unique to each publish (a retry of the same flow run too): the manifest names the one
+        that goes with the published data."""
+        unique = uuid.uuid4().hex[:8]
+        return join(self.rejected_folder(partition), f"{run_id}-{unique}.parquet")
+
+    def manifest_file(self, partition: str) -> str:
+        return join(self.work, "published", f"{PARTITION_COLUMN}={partition}", MANIFEST)
+
+    def publish_scratch(self, partition: str) -> str:
+        """Where a publish stages the small objects it moves into the table folder."""
+        return join(self.work, "published", f"{PARTITION_COLUMN}={partition}", "_tmp")
+
+    def quarantine(self, run: str) -> str:
+        return join(self.work, "quarantine", run)
+
+    def run_jobs(self, flow_run_id: str) -> str:
+        """Where a flow run records its Mistral jobs the moment they exist: a cancel hook running
+        in another process (the worker's) finds them there."""
+        return join(self.work, "runs", flow_run_id)
+
+    def leases(self) -> str:
+        """Keyed by the output itself (not the work folder): runs that point other ``work``
+        folders at the same table still meet on its lease."""
+        parent, _, name = self.output.rstrip("/").rpartition("/")
+        return join(f"{parent}/_enrich" if parent else "_enrich", "_leases", name)
+
+    def lease_folder(self, partition: str) -> str:
+        return join(self.leases(), f"{PARTITION_COLUMN}={partition}")
 
 
-def data_file(params: EnrichParams, partition: str) -> str:
-    return join(partition_folder(params, partition), DATA_FILE)
+@dataclass(frozen=True)
+class Staging:
+    """Every path inside one run's staging folder (``Layout.staging``)."""
 
+    root: str
 
-def staging(params: EnrichParams, run_key: str) -> str:
-    return join(params.work_root(), "staging", run_key)
+    def rows(self, shard: int | None = None) -> str:
+        """The input rows, bucketed by text key (one hive partition per shard)."""
+        base = join(self.root, "rows")
+        return base if shard is None else join(base, f"_bucket={shard}")
 
+    def cache_lookup(self) -> str:
+        return join(self.root, "cache")
 
-def success_marker(params: EnrichParams, partition: str) -> str:
-    return join(partition_folder(params, partition), SUCCESS_MARKER)
+    def hits(self) -> str:
+        return join(self.cache_lookup(), "hits.parquet")
 
+    def cached(self, shard: int | None = None) -> str:
+        """Results copied out of the content cache, bucketed like the rows."""
+        base = join(self.root, "cached")
+        return base if shard is None else join(base, f"_bucket={shard}")
 
-def rejected_folder(params: EnrichParams, partition: str) -> str:
-    return join(params.work_root(), "rejected", f"{PARTITION_COLUMN}={partition}")
+    def attempt(self, shard: int, attempt: int) -> str:
+        """A shard attempt's request file, manifest, job record and results."""
+        return join(self.root, "shards", f"{shard:05d}", f"attempt-{attempt}")
 
+    def staged(self, folder: str, shard: int) -> str:
+        """A shard's part of a staged output (enriched, rejected, checks, ids, cache-add)."""
+        return join(self.root, folder, f"part-{shard:05d}.parquet")
 
-def rejected_file(params: EnrichParams, partition: str, run_id: str) -> str:
-    """Unique to each publish (a retry of the same flow run too): the manifest names the one
-    that goes with the published data."""
-    unique = uuid.uuid4().hex[:8]
-    return join(rejected_folder(params, partition), f"{run_id}-{unique}.parquet")
+    def publish_data(self) -> str:
+        return join(self.root, "publish", DATA_FILE)
 
+    def validation(self) -> str:
+        return join(self.root, "validation.json")
 
-def leases(params: EnrichParams) -> str:
-    """Keyed by the output itself (not the work folder): runs that point other ``work`` folders
-    at the same table still meet on its lease."""
-    parent, _, name = params.output.rstrip("/").rpartition("/")
-    return join(f"{parent}/_enrich" if parent else "_enrich", "_leases", name)
-
-
-def lease_folder(params: EnrichParams, partition: str) -> str:
-    return join(leases(params), f"{PARTITION_COLUMN}={partition}")
-
-
-def manifest_file(params: EnrichParams, partition: str) -> str:
-    return join(params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", MANIFEST)
-
-
-def publish_scratch(params: EnrichParams, partition: str) -> str:
-    """Where a publish stages the small objects it moves into the table folder."""
-    return join(params.work_root(), "published", f"{PARTITION_COLUMN}={partition}", "_tmp")
-
-
-def quarantine(params: EnrichParams, run: str) -> str:
-    return join(params.work_root(), "quarantine", run)
-
-
-def run_jobs(params: EnrichParams, flow_run_id: str) -> str:
-    """Where a flow run records its Mistral jobs the moment they exist: a cancel hook running in
-    another process (the worker's) finds them there."""
-    return join(params.work_root(), "runs", flow_run_id)
+    def data_docs(self) -> str:
+        return join(self.root, "data_docs")

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from schemas.params import EnrichParams
 from tasks import cache
+from tasks.core.layout import Staging
 from tasks.edges import storage
 from tasks.plan import plan_run
 
@@ -37,7 +38,7 @@ def test_a_plan_never_keeps_cache_hits_a_killed_run_staged(tmp_path: Path) -> No
         input=str(source), id_column="id", text_column="text", output=str(tmp_path / "out")
     )
     first = plan_run(params, "p")
-    stale = storage.join(first.cached_uri(0), "f00007-0000-0.parquet")
+    stale = storage.join(Staging(first.staging).cached(0), "f00007-0000-0.parquet")
     storage.write_parquet(pa.table({"text_key": pa.array([9], pa.uint64())}), stale)
     leftover = Path(first.staging, "shards", ".results.parquet.0123.enrich-tmp")
     leftover.parent.mkdir(parents=True, exist_ok=True)

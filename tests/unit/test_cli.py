@@ -164,6 +164,13 @@ def test_flags_build_the_params_of_the_same_dict(argv: list[str], expected: dict
     assert parse(*REQUIRED_ARGS, *argv) == EnrichParams.model_validate(REQUIRED | expected)
 
 
+def test_an_extract_schema_comes_from_a_file_as_the_readme_shows(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"product": {"type": "string"}}}
+    (tmp_path / "order.json").write_text(json.dumps(schema))
+    built = parse(*REQUIRED_ARGS, "--kind", "extract", "--json-schema", f"@{tmp_path}/order.json")
+    assert built.kind.value == "extract" and built.options.json_schema == schema
+
+
 FROM_FILE = REQUIRED | {
     "kind": "classification",
     "shard_size": 5,

@@ -17,6 +17,7 @@ from tasks.core.columns import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.core.inputs import InputError, check_columns, check_ids, reject_reason
 from tasks.core.joins import LostRowsError, enrich_rows
 from tasks.core.keys import job_key, key_seeds, run_key, text_keys
+from tasks.core.layout import Layout, Staging
 from tasks.core.ledger import RunLedger
 from tasks.core.pricing import BudgetExceededError, PriceTable, check_budget
 from tasks.core.quota import QuotaError, waves
@@ -288,3 +289,39 @@ def test_the_ledger_counts_spend_within_the_budget(
     ledger = RunLedger(estimate(spent))
     assert ledger.affords(more, budget) is affords
     assert ledger.spent == after
+
+
+# The layout -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "work", "table", "manifest", "lease"),
+    [
+        (
+            "s3://b/enriched/comments",
+            None,
+            "s3://b/enriched/comments/partition=p/part-0.parquet",
+            "s3://b/enriched/_enrich/comments/published/partition=p/_manifest.json",
+            "s3://b/enriched/_enrich/_leases/comments/partition=p",
+        ),
+        (
+            "/data/out",
+            "/scratch/w",
+            "/data/out/partition=p/part-0.parquet",
+            "/scratch/w/published/partition=p/_manifest.json",
+            "/data/_enrich/_leases/out/partition=p",  # keyed by the table, not the work root
+        ),
+    ],
+)
+def test_every_path_of_a_table_comes_from_one_layout(
+    output: str, work: str | None, table: str, manifest: str, lease: str
+) -> None:
+    layout = Layout.of(params(output=output, work=work))
+    assert layout.data_file("p") == table
+    assert layout.manifest_file("p") == manifest
+    assert layout.lease_folder("p") == lease
+    assert layout.rejected_file("p", "run").startswith(layout.rejected_folder("p") + "/run-")
+    staging = Staging(layout.staging("key"))
+    assert staging.rows(3) == f"{layout.work}/staging/key/rows/_bucket=3"
+    assert staging.attempt(3, 1) == f"{layout.work}/staging/key/shards/00003/attempt-1"
+    assert staging.staged("checks", 3) == f"{layout.work}/staging/key/checks/part-00003.parquet"
