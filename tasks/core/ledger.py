@@ -11,7 +11,8 @@ from schemas.refs import CollectRef, Estimate, JobRef, ShardRef
 class RunLedger:
     """Shards sent, their jobs, what came back, and the estimated spend, across every attempt.
 
-    ``latest`` is the last attempt's collected results: the texts to retry come from there.
+    ``latest`` is the current attempt's collected results, every wave of it: the texts to retry
+    come from there.
     """
 
     estimate: Estimate
@@ -25,14 +26,15 @@ class RunLedger:
         self.spent = self.estimate.cost_usd
 
     def planned(self, shards: list[ShardRef]) -> None:
-        """Record an attempt's shards, before they are sent."""
+        """Record a new attempt's shards, before they are sent."""
         self.shards += shards
+        self.latest = []
 
     def sent(self, jobs: list[JobRef], collected: list[CollectRef]) -> None:
-        """Record an attempt's jobs and what came back."""
+        """Record jobs of the current attempt and what came back: one call per quota wave."""
         self.jobs += jobs
         self.collected += collected
-        self.latest = collected
+        self.latest += collected
 
     def unsent(self, collected: list[CollectRef]) -> None:
         """Shards recorded without a job (every text over the model's context)."""

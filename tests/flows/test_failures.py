@@ -48,6 +48,31 @@ def test_failed_lines_are_retried_then_succeed(
     assert len(job_statuses(emu)) == 2  # the first job, and one follow-up for the failed rows
 
 
+def test_failures_of_every_quota_wave_are_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
+) -> None:
+    """An attempt too big for the quota goes in waves; the retry takes the failures of all of
+    them, not only the last wave's."""
+    plan_ = {"seed": 1, "lines": {"rate": 0.5, "status": 503, "times": -1, "limit": 10}}
+    emu = use(monkeypatch, start_emulator(plan_))
+    monkeypatch.setenv("ENRICH_QUOTA_NAME", f"quota-{tmp_path.name}")
+    monkeypatch.setenv("ENRICH_QUOTA_SIZE", "55")  # two shards of about 30 requests: two waves
+    source = write_dataset(tmp_path / "in.parquet", texts(60))
+    summary = enrich(
+        params(
+            source,
+            tmp_path / "out",
+            kind="classification",
+            options={"labels": ["a", "b"]},
+            shard_size=30,
+        )
+    )
+    statuses = job_statuses(emu)
+    assert len([s for s in statuses if s]) >= 3, statuses  # two waves, then the retry
+    assert summary.enriched_rows == 60 and summary.rejected_rows == 0
+    assert summary.retried_texts == 10
+
+
 def test_failed_lines_are_rejected_after_the_last_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_emulator: StartEmulator
 ) -> None:

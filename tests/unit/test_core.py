@@ -265,12 +265,16 @@ def collected(n: int, transient: int) -> CollectRef:
 
 def test_the_ledger_keeps_every_attempt_and_retries_only_the_last() -> None:
     ledger = RunLedger(estimate(1.0))
-    ledger.planned([shard(0, 2), shard(1, 2)])
+    ledger.planned([shard(0, 2), shard(1, 2), shard(2, 2)])
     job = JobRef(shard=0, attempt=0, key="k", job_id="j", requests=2, reattached=False)
+    # One attempt sent in two quota waves: failures of both waves are retried.
     ledger.sent([job], [collected(0, 1), collected(1, 0)])
-    assert [c.shard for c in ledger.to_retry()] == [0]
-    ledger.sent([job], [collected(0, 0)])
-    assert ledger.to_retry() == [] and len(ledger.collected) == 3 and len(ledger.jobs) == 2
+    ledger.sent([job], [collected(2, 3)])
+    assert [c.shard for c in ledger.to_retry()] == [0, 2]
+    ledger.planned([shard(0, 1), shard(2, 1)])  # the retry attempt
+    ledger.sent([job], [collected(0, 0), collected(2, 0)])
+    assert ledger.to_retry() == [] and len(ledger.collected) == 5 and len(ledger.jobs) == 3
+    assert len(ledger.shards) == 5
 
 
 @pytest.mark.parametrize(
