@@ -9,12 +9,18 @@ every task retry asks it, so a terminal error is never retried.
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 # HTTP statuses worth a retry. 5xx are transient except those that describe the request itself:
 # 501 (the service does not implement it) and 505 (the HTTP version) answer the same next time.
 TRANSIENT_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 TERMINAL_5XX = frozenset({501, 505})
+# What s3fs and the OS raise for a busy or briefly unreachable store (S3 SlowDown and 503 arrive as
+# EBUSY, a 500 as EREMOTEIO): worth a retry. Any other OSError (not found, denied) is not.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EBUSY, errno.EREMOTEIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.EPIPE}
+)
 
 
 class EnrichError(Exception):
@@ -45,7 +51,10 @@ def transient_status(status: int | None) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` may go away on its own. The project's errors carry their mark; from
-    outside, a dropped connection or a timeout is transient and anything else is terminal."""
+    outside, a dropped connection, a timeout or a busy store is transient, anything else
+    terminal."""
     if isinstance(exc, EnrichError):
         return exc.transient
-    return isinstance(exc, ConnectionError | TimeoutError)
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS

@@ -4,6 +4,7 @@ task retry asks it."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import inspect
 import pickle
@@ -205,12 +206,22 @@ def test_transient_status(status: int | None, transient: bool) -> None:
         (TimeoutError("timed out"), True),
         (ValueError("bad"), False),
         (FileNotFoundError("gone"), False),
+        # s3fs: SlowDown and 503 arrive as EBUSY, a 500 as EREMOTEIO; a denial as EACCES.
+        (OSError(errno.EBUSY, "SlowDown"), True),
+        (OSError(errno.EREMOTEIO, "InternalError"), True),
+        (PermissionError(errno.EACCES, "AccessDenied"), False),
         (RuntimeError("bug"), False),
         (KeyError("key"), False),
         # The SDK's network errors are not the builtin ones: tasks.edges.mistral marks them.
         (httpx2.ConnectError("refused"), False),
     ],
-    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+    ids=lambda value: (
+        f"{type(value).__name__}({value.errno})"
+        if isinstance(value, OSError) and value.errno
+        else type(value).__name__
+        if isinstance(value, BaseException)
+        else str(value)
+    ),
 )
 def test_is_transient_on_plain_exceptions(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
