@@ -93,15 +93,39 @@ def _field(name: str, spec: Any, required: bool) -> Field:
     if not isinstance(item, dict):
         raise ValueError(f"options.json_schema property {name!r}: an array needs 'items'")
     enum = item.get("enum")
-    kind = item.get("type", "string" if enum is not None else None)
+    if enum is not None and (not isinstance(enum, list) or not enum):
+        raise ValueError(f"options.json_schema property {name!r}: 'enum' must be a non-empty list")
+    kind = item.get("type", _enum_type(enum) if enum is not None else None)
     if kind not in TYPES:
         raise ValueError(
             f"options.json_schema property {name!r} has type {kind!r}; flat properties only: "
-            "string, number, integer, boolean, an enum, or an array of those"
+            "string, number, integer, boolean, an enum of one type, or an array of those"
         )
-    if enum is not None and (not isinstance(enum, list) or not enum):
-        raise ValueError(f"options.json_schema property {name!r}: 'enum' must be a non-empty list")
+    if enum is not None and not all(_fits(value, kind) for value in enum):
+        raise ValueError(
+            f"options.json_schema property {name!r}: every 'enum' value must be a {kind} "
+            f"(got {enum!r})"
+        )
     return Field(name, kind, array, tuple(enum) if enum is not None else None, required)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a JSON value has the JSON Schema type ``kind`` (a bool is not a number)."""
+    if isinstance(value, bool):
+        return kind == "boolean"
+    if isinstance(value, int):
+        return kind in ("integer", "number")
+    if isinstance(value, float):
+        return kind == "number"
+    return isinstance(value, str) and kind == "string"
+
+
+def _enum_type(enum: list[Any]) -> str | None:
+    """The one type an untyped enum's values share (integers and floats: number)."""
+    for kind in ("boolean", "integer", "number", "string"):
+        if all(_fits(value, kind) for value in enum):
+            return kind
+    return None
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +178,9 @@ class Extract(StructuredChat):
             .then(pl.lit(f"the answer was cut off at {MAX_ANSWER_TOKENS} tokens: not JSON"))
             .when(whole.is_null())
             .then(pl.lit("the answer is not valid JSON"))
-            .when(~whole.str.starts_with("{"))
+            .when(
+                ~whole.str.starts_with("{") | ~content.str.strip_chars_start().str.starts_with("{")
+            )
             .then(pl.lit("the answer is not a JSON object"))
         )
         answer = pl.when(error.is_null()).then(content)
@@ -184,7 +210,8 @@ def problems(schema: list[Field]) -> list[pl.Expr]:
         if field.required:
             missing.append(raw(answer, field).is_null())
         if field.enum is not None:
-            allowed = pl.lit(pl.Series(list(field.enum)), dtype=TYPES[field.type]).implode()
+            values = pl.Series(list(field.enum), dtype=TYPES[field.type])
+            allowed = pl.lit(values).implode()
             inside = (
                 column.list.eval(pl.element().is_in(allowed.first())).list.all()
                 if field.array

@@ -90,6 +90,10 @@ def test_every_kind_builds_json_request_lines(kind: Kind) -> None:
         ({"properties": {"a b": {"type": "string"}}}, "cannot be a column name"),
         ({"properties": {"model": {"type": "string"}}}, "cannot be a column name"),
         ({"properties": {"a": {"enum": []}}}, "non-empty list"),
+        ({"properties": {"a": {"enum": [1, "x"]}}}, "an enum of one type"),
+        ({"properties": {"a": {"type": "integer", "enum": ["x", "y"]}}}, "must be a integer"),
+        ({"properties": {"a": {"type": "integer", "enum": [1, 2.5]}}}, "must be a integer"),
+        ({"properties": {"a": {"type": "string", "enum": [True]}}}, "must be a string"),
         ({"properties": {"a": {"type": "string"}}, "required": ["b"]}, "must list property"),
     ],
 )
@@ -195,3 +199,42 @@ def test_extract_estimates_count_instructions_and_schema_on_every_request() -> N
     # 200 words of instructions instead of the default (about 25 tokens), on three requests
     assert b.tokens - a.tokens >= 3 * 150
     assert completion_tokens_per_text(plain) > 20
+
+
+def test_enums_of_every_type_are_checked_by_the_gate(tmp_path: Path) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "level": {"enum": [1, 2, 3]},  # no type: integers
+            "ratio": {"type": "number", "enum": [1, 2.5]},
+            "flag": {"enum": [True]},
+            "sizes": {"type": "array", "items": {"enum": ["s", "m"]}},
+        },
+    }
+    run = params(Kind.extract, json_schema=schema)
+    answers = [
+        {"level": 2, "ratio": 2.5, "flag": True, "sizes": ["s"]},
+        {"level": 4, "ratio": 1, "flag": False, "sizes": ["s", "xl"]},
+    ]
+    frame = pl.DataFrame({TEXT_KEY: pl.Series([1, 2], dtype=pl.UInt64), "text": ["a", "b"]})
+    built = build(frame, run, shard=0, attempt=0, tokens=TOKENS)
+    ids = built.manifest["custom_id"].to_list()
+    lines = [chat_line(cid, json.dumps(a)) for cid, a in zip(ids, answers, strict=True)]
+    (tmp_path / "o.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    parsed = parse(run, built.manifest, tmp_path / "o.jsonl", None, "job-1", "SUCCESS")
+    enriched = parsed.results.sort(TEXT_KEY).with_columns(pl.col(TEXT_KEY).alias("id"))
+    assert enriched.schema["level"] == pl.Int64 and enriched.schema["ratio"] == pl.Float64
+    counts = derive(run, enriched).select("type_errors", "enum_errors").rows()
+    assert counts == [(0, 0), (0, 3)]  # level 4, flag false, size xl
+
+
+def test_an_answer_that_is_a_json_string_is_not_an_object(tmp_path: Path) -> None:
+    run = params(Kind.extract)
+    frame = pl.DataFrame({TEXT_KEY: pl.Series([1], dtype=pl.UInt64), "text": ["a"]})
+    built = build(frame, run, shard=0, attempt=0, tokens=TOKENS)
+    quoted = json.dumps(json.dumps({"city": "Lyon"}))  # "{\"city\": \"Lyon\"}"
+    line = chat_line(built.manifest["custom_id"][0], quoted)
+    (tmp_path / "o.jsonl").write_text(json.dumps(line))
+    parsed = parse(run, built.manifest, tmp_path / "o.jsonl", None, "job-1", "SUCCESS")
+    assert parsed.results.height == 0
+    assert parsed.failures["message"].to_list() == ["the answer is not a JSON object"]
