@@ -343,7 +343,9 @@ def test_the_deployments_are_applied_with_a_kind_dropdown(stack: Stack) -> None:
         "chat-moderation",
         "classification",
         "classifier",
+        "extract",
     ]
+    assert "json_schema" in schema["definitions"]["KindOptions"]["properties"]
     fields = schema["definitions"]["EnrichParams"]["properties"]
     assert {"input", "kind", "options", "output", "max_cost_usd", "dry_run", "on_cancel"} <= set(
         fields
