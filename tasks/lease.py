@@ -92,6 +92,7 @@ class Lease:
     record: dict[str, Any]
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
     lost: str | None = None
+    succeeded: dict[str, Any] | None = None  # the holder before, when it ended unreleased
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -202,18 +203,21 @@ def _top(folder: str) -> tuple[int, str] | None:
     return max(generations) if generations else None
 
 
-def _holder_if_live(folder: str, now: float) -> tuple[int, dict[str, Any] | None]:
-    """The current generation and its holder, None when the lease is free."""
+def _holder_if_live(
+    folder: str, now: float
+) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
+    """The current generation, its live holder (None when the lease is free) and, when the
+    lease is free because its holder died or expired without releasing it, that holder."""
     top = _top(folder)
     if top is None:
-        return 0, None
+        return 0, None, None
     generation, uri = top
     holder = _read(uri)
     if holder is None or storage.exists(_released_uri(uri)):
-        return generation, None
+        return generation, None, None
     if float(holder.get("expires_at", 0)) < now or not _alive_here(holder):
-        return generation, None
-    return generation, holder
+        return generation, None, holder
+    return generation, holder, None
 
 
 def acquire(
@@ -231,7 +235,7 @@ def acquire(
     announced = False
     while True:
         now = clock()
-        generation, holder = _holder_if_live(folder, now)
+        generation, holder, ended = _holder_if_live(folder, now)
         if holder is None:
             record = {
                 "owner": uuid.uuid4().hex,
@@ -255,7 +259,7 @@ def acquire(
             for old in range(max(1, generation - 2), generation):  # keep the last few
                 storage.remove(_lease_uri(folder, old))
                 storage.remove(_released_uri(_lease_uri(folder, old)))
-            lease = Lease(folder, generation + 1, record, log)
+            lease = Lease(folder, generation + 1, record, log, succeeded=ended)
             lease.start_renewing()
             return lease
         if now >= deadline:
@@ -287,6 +291,16 @@ def release_for_run(leases_root: str, flow_run_id: str) -> list[str]:
     return released
 
 
+def sweep_after_takeover(lease: Lease, params: EnrichParams) -> int:
+    """Remove the temporary files a dead holder left among its job records (a SIGKILL while
+    another of its threads was writing one). Its own reruns never sweep there: a rerun is a new
+    flow run with a folder of its own. Safe: the holder is gone, so nothing writes there."""
+    dead_run = (lease.succeeded or {}).get("flow_run_id")
+    if not dead_run:
+        return 0
+    return storage.sweep_temporary(Layout.of(params).run_jobs(str(dead_run)))
+
+
 @contextmanager
 def holding_partition(params: EnrichParams, partition: str) -> Iterator[Lease]:
     """The flow's lease on (output, partition), released when the block ends; a killed run's
@@ -302,6 +316,7 @@ def holding_partition(params: EnrichParams, partition: str) -> Iterator[Lease]:
         wait_seconds=params.lease_wait_seconds,
     )
     log.info("Holding the lease on %s partition=%s (%s)", params.output, partition, lease.uri)
+    sweep_after_takeover(lease, params)
     try:
         yield lease
     finally:

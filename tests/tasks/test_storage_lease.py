@@ -13,7 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from schemas.params import EnrichParams
 from tasks import lease
+from tasks.core.layout import Layout
 from tasks.edges import storage
 from tests.seaweed import BUCKET, SeaweedS3
 
@@ -146,7 +148,49 @@ def test_a_killed_holder_on_this_host_frees_the_partition_at_once(tmp_path: Path
     assert done.returncode == -9
     taken = lease.acquire(folder, "next", _Log())  # type: ignore[arg-type]
     assert taken.generation == 2
+    assert taken.succeeded is not None and taken.succeeded["flow_run_id"] == "killed-run"
     taken.release()
+
+
+def test_taking_over_from_a_killed_run_sweeps_its_half_written_job_records(
+    tmp_path: Path,
+) -> None:
+    """A run SIGKILLed while one thread wrote a job record leaves a hidden temporary file in its
+    own records folder, which no rerun (a new flow run) writes to; the run that takes its lease
+    removes it, and leaves the records and another run's files alone."""
+    params = EnrichParams(
+        input=str(tmp_path / "in"), output=str(tmp_path / "out"), id_column="id", text_column="t"
+    )
+    layout = Layout.of(params)
+    folder = layout.lease_folder("2026-12-01")
+    dead, live = Path(layout.run_jobs("killed-run")), Path(layout.run_jobs("live-run"))
+    script = (
+        "import os, signal, sys; from pathlib import Path; from tasks import lease; "
+        "lease.acquire(sys.argv[1], 'killed-run', __import__('logging').getLogger()); "
+        "folder = Path(sys.argv[2]); folder.mkdir(parents=True); "
+        "(folder / 'job-1.json').write_text('{}'); "
+        "(folder / '.job-2.json.0123456789ab.enrich-tmp').write_bytes(b''); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, folder, str(dead)],
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9
+    live.mkdir(parents=True)
+    (live / ".job-3.json.0123456789ab.enrich-tmp").write_bytes(b"")
+    taken = lease.acquire(folder, "next", _Log())  # type: ignore[arg-type]
+    try:
+        assert lease.sweep_after_takeover(taken, params) == 1
+    finally:
+        taken.release()
+    assert sorted(p.name for p in dead.iterdir()) == ["job-1.json"]
+    assert len(list(live.iterdir())) == 1
+    released = lease.acquire(folder, "after", _Log())  # type: ignore[arg-type]
+    assert released.succeeded is None  # a released lease is no takeover: nothing is swept
+    released.release()
 
 
 def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(tmp_path: Path) -> None:
@@ -207,7 +251,8 @@ def test_a_store_that_ignores_the_create_condition_cannot_make_two_holders(
     first = lease.acquire(folder, "first", _Log())  # type: ignore[arg-type]
     first._halt_renewal()
     monkeypatch.setattr(storage, "exists", lambda uri: False)  # as if the release marker is absent
-    monkeypatch.setattr(lease, "_holder_if_live", lambda f, now: (0, None))  # both see it free
+    free = (0, None, None)
+    monkeypatch.setattr(lease, "_holder_if_live", lambda f, now: free)  # both see it free
     second = lease.acquire(folder, "second", _Log())  # type: ignore[arg-type]
     second._halt_renewal()
     with pytest.raises(lease.LeaseLostError):
