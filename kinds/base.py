@@ -2,8 +2,9 @@
 
 A kind says everything that differs between enrichments: the endpoint and default model, how a
 request body is built and how texts are packed into lines, what an answer looks like and which
-columns it becomes, what the validation gate derives and checks, and what the estimate counts.
-Nothing outside ``kinds/`` asks which kind it is handling. Pure logic: polars and pyarrow only.
+columns it becomes, what the validation gate derives and checks, what the estimate counts, and
+what is worth looking at in the published results. Nothing outside ``kinds/`` asks which kind
+it is handling. Pure logic: polars and pyarrow only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 if TYPE_CHECKING:
+    from kinds.insight import Insight, PublishedRows
     from schemas.params import EnrichParams, KindOptions
 
 ANSWER_ERROR = "_answer_error"  # a result column: why an answer is unusable (null when it is)
@@ -167,6 +169,14 @@ class Kind(ABC):
     def vector_dimension(self, params: EnrichParams) -> int | None:
         """The length every vector must have, when the model fixes it."""
         return None
+
+    # Insight ---------------------------------------------------------------------------------
+
+    def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
+        """What a published partition's results look like, for a person to judge at a glance:
+        small titled tables (counts, rates, quantiles, a sample) and charts, computed without
+        loading the rows whole (``kinds.insight``)."""
+        return []
 
 
 class StructuredChat(Kind):

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from kinds.base import StructuredChat, chat_content
+from kinds.insight import Insight, bars, value_counts
 
 if TYPE_CHECKING:
+    from kinds.insight import PublishedRows
     from schemas.params import EnrichParams, KindOptions
 
 DEFAULT_INSTRUCTIONS = (
@@ -67,3 +69,8 @@ class Classification(StructuredChat):
         self, params: EnrichParams, columns: list[str], checks: pl.DataFrame
     ) -> dict[str, Any]:
         return {"labels": list(params.options.labels)}
+
+    def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
+        labels = tuple(params.options.labels)
+        counts = value_counts(rows.scan(), "label", known=labels)
+        return [Insight("Rows per label", counts, chart=bars("Rows per label", counts))]

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from kinds.base import Kind, Packing, first_result, json_body, named, results_items, score_range
+from kinds.insight import Insight, bars, value_counts
 
 if TYPE_CHECKING:
+    from kinds.insight import PublishedRows
     from schemas.params import EnrichParams, KindOptions
 
 
@@ -80,3 +82,20 @@ class Classifier(Kind):
         self, params: EnrichParams, columns: list[str], checks: pl.DataFrame
     ) -> dict[str, Any]:
         return {"targets": sum(1 for c in columns if c.endswith("_label"))}
+
+    def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
+        frame = rows.scan()
+        names = frame.collect_schema().names()
+        # A target has a label column and score columns; an input column ending in _label has not.
+        targets = [
+            name.removesuffix("_label")
+            for name in names
+            if name.endswith("_label")
+            and any(n.startswith(name.removesuffix("label") + "score_") for n in names)
+        ]
+        found = []
+        for target in targets:
+            counts = value_counts(frame, f"{target}_label")
+            title = f"Rows per label of target {target}"
+            found.append(Insight(title, counts, chart=bars(title, counts)))
+        return found

@@ -12,11 +12,17 @@ import numpy as np
 import polars as pl
 
 from kinds.base import Kind, Packing, json_body
+from kinds.insight import Insight, histogram
 
 if TYPE_CHECKING:
+    from kinds.insight import PublishedRows
     from schemas.params import EnrichParams, KindOptions
 
 KNOWN_DIMENSIONS = {"mistral-embed": 1024, "codestral-embed": 1536}
+SCANNED_ROWS = 100_000  # the insight reads at most this many vectors
+SAMPLES = 3  # rows whose nearest neighbours the insight shows
+NEIGHBOURS = 3
+SHOWN_CHARACTERS = 80
 
 
 class Embeddings(Kind):
@@ -83,6 +89,127 @@ class Embeddings(Kind):
         if params.options.output_dimension is not None:
             return params.options.output_dimension
         return KNOWN_DIMENSIONS.get(params.model.removesuffix("-latest"))
+
+    def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
+        columns = [params.id_column, params.text_column, "embedding"]
+        shown = self.input.token_text(pl.col(params.text_column))
+        search = NeighbourSearch()
+        norms = []
+        for read in rows.batches(columns, SCANNED_ROWS):
+            batch = read.filter(pl.col("embedding").is_not_null())
+            if batch.height:
+                labels = batch.select(pl.col(params.id_column).cast(pl.String), _shortened(shown))
+                norms.append(search.add(_matrix(batch["embedding"]), labels.rows()))
+        if not norms:
+            return []
+        norm = np.concatenate(norms)
+        scanned = (
+            f"the first {SCANNED_ROWS:,} rows of the partition"
+            if len(norm) >= SCANNED_ROWS
+            else f"all {len(norm):,} rows"
+        )
+        summary = pl.DataFrame(
+            {
+                "rows read": [len(norm)],
+                "dimension": [search.dimension],
+                "norm min": [round(float(norm.min()), 8)],
+                "norm mean": [round(float(norm.mean()), 8)],
+                "norm max": [round(float(norm.max()), 8)],
+            }
+        )
+        norm_frame = pl.DataFrame({"norm": norm}).lazy()
+        bounds = (float(norm.min()), float(norm.max()))
+        chart = histogram(norm_frame, pl.col("norm"), bounds, "L2 norm of each vector", "norm")
+        return [
+            Insight("Vectors", summary, note=f"over {scanned}", chart=chart),
+            Insight(
+                f"Nearest neighbours of {SAMPLES} sample rows",
+                search.table(),
+                note=f"cosine similarity, among {scanned}; the samples are spread over the "
+                "first rows read",
+            ),
+        ]
+
+
+class NeighbourSearch:
+    """The nearest rows of a few sample rows by cosine similarity, one batch of vectors at a
+    time: the samples come from the first batch, and only each sample's best ``NEIGHBOURS``
+    (similarity, row, id, text) are kept between batches."""
+
+    def __init__(self) -> None:
+        self.dimension = 0
+        self.rows = 0  # rows seen so far
+        self.samples: list[tuple[int, tuple[str, str]]] = []  # (row, (id, text))
+        self._sample_vectors: np.ndarray = np.zeros((0, 0), dtype=np.float32)
+        self._best: list[list[tuple[float, int, tuple[str, str]]]] = []
+
+    def add(self, vectors: np.ndarray, labels: list[tuple[str, str]]) -> np.ndarray:
+        """Take a batch: ``vectors`` (rows x dimension) and each row's (id, text); returns the
+        batch's L2 norms."""
+        norms: np.ndarray = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # float32 throughout: a 4-decimal similarity needs no more, and a batch stays small.
+            unit = vectors / np.where(norms > 0, norms, np.nan).astype(np.float32)[:, None]
+        if not self.samples:
+            self.dimension = vectors.shape[1]
+            picks = sorted({len(labels) * i // SAMPLES for i in range(SAMPLES)})
+            self.samples = [(p, labels[p]) for p in picks]
+            self._sample_vectors = unit[picks]
+            self._best = [[] for _ in picks]
+        similarity = np.nan_to_num(unit @ self._sample_vectors.T, nan=-np.inf)
+        for j, (row, _) in enumerate(self.samples):
+            column = similarity[:, j]
+            if self.rows <= row < self.rows + len(labels):
+                column[row - self.rows] = -np.inf  # a row is not its own neighbour
+            top = np.argsort(-column, kind="stable")[:NEIGHBOURS]
+            found = [(float(column[i]), self.rows + int(i), labels[i]) for i in top]
+            best = sorted(self._best[j] + found, key=lambda f: (-f[0], f[1]))
+            self._best[j] = [f for f in best if f[0] > -np.inf][:NEIGHBOURS]
+        self.rows += len(labels)
+        return norms
+
+    def table(self) -> pl.DataFrame:
+        """A row per (sample, neighbour): ids, texts, rank and similarity; a sample is named on
+        its first neighbour's row only, so the table reads as groups."""
+        lines = [
+            {
+                "sample id": sample_id if rank == 1 else None,
+                "sample text": sample_text if rank == 1 else None,
+                "rank": rank,
+                "neighbour id": neighbour_id,
+                "neighbour text": neighbour_text,
+                "cosine": round(similarity, 4),
+            }
+            for (_, (sample_id, sample_text)), best in zip(self.samples, self._best, strict=True)
+            for rank, (similarity, _, (neighbour_id, neighbour_text)) in enumerate(best, 1)
+        ]
+        schema = {
+            "sample id": pl.String,
+            "sample text": pl.String,
+            "rank": pl.Int64,
+            "neighbour id": pl.String,
+            "neighbour text": pl.String,
+            "cosine": pl.Float64,
+        }
+        return pl.DataFrame(lines, schema=schema)
+
+
+def _matrix(column: pl.Series) -> np.ndarray:
+    """The vectors as a (rows x dimension) array; published vectors all have one length."""
+    if isinstance(column.dtype, pl.List):
+        width = column.list.len().max()
+        column = column.list.to_array(width if isinstance(width, int) else 0)
+    return column.to_numpy().reshape(len(column), -1)
+
+
+def _shortened(text: pl.Expr) -> pl.Expr:
+    """The first characters of a text, on one line."""
+    flat = text.str.replace_all(r"\s+", " ").str.strip_chars()
+    return (
+        pl.when(flat.str.len_chars() > SHOWN_CHARACTERS)
+        .then(flat.str.slice(0, SHOWN_CHARACTERS - 1) + "…")
+        .otherwise(flat)
+    )
 
 
 def vector_stats(column: pl.Series) -> pl.DataFrame:

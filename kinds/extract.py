@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from kinds.base import ANSWER_ERROR, GATE_ONLY, StructuredChat, chat_content
+from kinds.insight import Insight, bars, value_counts
 
 if TYPE_CHECKING:
-    from schemas.params import KindOptions
+    from kinds.insight import PublishedRows
+    from schemas.params import EnrichParams, KindOptions
 
 ANSWER = f"{GATE_ONLY}answer"
 MAX_ANSWER_TOKENS = 1024
@@ -197,6 +199,19 @@ class Extract(StructuredChat):
     ) -> pl.DataFrame:
         found = problems(fields(options.json_schema))
         return pl.concat([ids, enriched.select(*found)], how="horizontal")
+
+    def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
+        frame = rows.scan()
+        found = []
+        for field in fields(params.options.json_schema):
+            # An enum's values as the column's values read as text: 1 of a number enum is "1.0".
+            enum = pl.Series(list(field.enum or ()), dtype=TYPES[field.type]).cast(pl.String)
+            counts = value_counts(frame, field.name, explode=field.array, known=tuple(enum))
+            title = f"Values of {field.name}"
+            note = "each item of a list counted" if field.array else ""
+            chart = bars(title, counts) if field.enum is not None else None
+            found.append(Insight(title, counts, note=note, chart=chart))
+        return found
 
 
 def problems(schema: list[Field]) -> list[pl.Expr]:

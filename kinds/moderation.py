@@ -21,9 +21,13 @@ from kinds.base import (
     results_items,
     score_range,
 )
+from kinds.insight import Insight, histogram
 
 if TYPE_CHECKING:
+    from kinds.insight import PublishedRows
     from schemas.params import EnrichParams, KindOptions
+
+QUANTILES = (0.5, 0.9, 0.99)
 
 
 class Moderation(Kind):
@@ -75,6 +79,50 @@ class Moderation(Kind):
             *score_range("^score_.*$"), consistent.fill_null(False).alias("flagged_consistent")
         )
         return pl.concat([ids, derived], how="horizontal")
+
+    def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
+        frame = rows.scan()
+        names = frame.collect_schema().names()
+        categories = [
+            n.removeprefix("score_")
+            for n in names
+            if n.startswith("score_") and f"category_{n.removeprefix('score_')}" in names
+        ]
+        if not categories:
+            return []
+        highest = pl.max_horizontal(pl.col(f"score_{c}") for c in categories)
+        # A line of the table per category, after one for any category: a row's highest score.
+        lines = [("(any category)", pl.col("flagged"), highest)]
+        lines += [(c, pl.col(f"category_{c}"), pl.col(f"score_{c}")) for c in categories]
+        aggregates = [pl.len().alias("rows")]
+        for i, (_, flag, score) in enumerate(lines):
+            aggregates.append(flag.cast(pl.Int64).sum().alias(f"{i}:flagged"))
+            aggregates += [score.quantile(q).alias(f"{i}:{q}") for q in QUANTILES]
+            aggregates.append(score.max().alias(f"{i}:max"))
+        stats = frame.select(aggregates).collect(engine="streaming").row(0, named=True)
+        table = pl.DataFrame(
+            [
+                {
+                    "category": name,
+                    "flagged rows": stats[f"{i}:flagged"],
+                    "flagged %": _percent(stats[f"{i}:flagged"], stats["rows"]),
+                    **{f"score p{q * 100:g}": _rounded(stats[f"{i}:{q}"]) for q in QUANTILES},
+                    "score max": _rounded(stats[f"{i}:max"]),
+                }
+                for i, (name, _, _) in enumerate(lines)
+            ]
+        )
+        title = "Flagged rate and score quantiles per category"
+        chart = histogram(frame, highest, (0.0, 1.0), "Highest category score per row", "score")
+        return [Insight(title, table, chart=chart)]
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100 * part / whole, 2) if whole else 0.0
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 class ChatModeration(Moderation):

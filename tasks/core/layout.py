@@ -9,6 +9,7 @@ scans, so staging, rejected rows or a manifest inside the table would break
     <work>/staging/<run>/        rows, request shards, results, staged outputs, checks
     <work>/rejected/partition=<value>/<flow run>-<n>.parquet   named by the manifest
     <work>/published/partition=<value>/_manifest.json
+    <work>/published/partition=<value>/_insight.png   charts of the results (the results artifact)
     <output parent>/_enrich/_leases/<output name>/partition=<value>/<generation>.json
                                  one writer per partition (keyed by the output, not the work root)
     <work>/quarantine/<run>/     staged data, validation result and Data Docs of a failed run
@@ -28,6 +29,7 @@ from schemas.tables import PARTITION_COLUMN
 DATA_FILE = "part-0.parquet"
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
+INSIGHT_IMAGE = "_insight.png"
 
 
 def is_remote(uri: str) -> bool:
@@ -81,6 +83,10 @@ class Layout:
 
     def manifest_file(self, partition: str) -> str:
         return join(self.work, "published", f"{PARTITION_COLUMN}={partition}", MANIFEST)
+
+    def insight_image(self, partition: str) -> str:
+        """Charts of the published results, beside the manifest (never in the table folder)."""
+        return join(self.work, "published", f"{PARTITION_COLUMN}={partition}", INSIGHT_IMAGE)
 
     def publish_scratch(self, partition: str) -> str:
         """Where a publish stages the small objects it moves into the table folder."""
