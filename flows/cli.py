@@ -374,6 +374,16 @@ SummaryJson = Annotated[
     Path | None,
     typer.Option(help="Also write the run summary (counts, cost, seconds per step) here."),
 ]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Print every log line of the flow and task runs as Prefect's console does (each "
+        "task's 'Finished in state' line too). Without it: one line per step, a live panel in a "
+        "terminal, warnings and errors; the Prefect API and UI get every line either way.",
+    ),
+]
 
 
 @app.command("run")
@@ -383,26 +393,46 @@ def run(
     *,
     params_file: ParamsFile = None,
     summary_json: SummaryJson = None,
+    verbose: Verbose = False,
     **_flags: Any,  # one per parameter: read with their sources from ctx
 ) -> None:
     """Run the enrich flow once, in this process (Prefect's local API unless one is set).
 
-    Every parameter has a flag; --params FILE gives them all at once, and flags override it."""
+    Every parameter has a flag; --params FILE gives them all at once, and flags override it.
+    Progress shows one line per step (with a live panel in a terminal), then the run's summary
+    table."""
     params = build_params(ctx, params_file)
+    from rich.console import Console
+
+    from flows.console import print_markdown, showing_progress, summary_markdown
     from flows.enrich import enrich
+    from tasks.core.errors import EnrichError
+    from tasks.core.keys import artifact_key
     from tasks.core.pricing import BudgetExceededError
     from tasks.lease import LeaseHeldError
 
+    console = Console()
     try:
-        summary = enrich(params)
+        with showing_progress(console, verbose=verbose) as progress:
+            summary = enrich(params)
     except (BudgetExceededError, LeaseHeldError) as exc:
         typer.echo(f"Refused: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except EnrichError as exc:
+        if not exc.expected:
+            raise  # a bug: its traceback is the clue
+        typer.echo(f"Failed: {exc}", err=True)  # the message is the whole story
+        raise typer.Exit(1) from exc
     if summary_json is not None:
         summary_json.write_text(summary.model_dump_json(indent=2))
     if summary.dry_run:
         typer.echo("Dry run: nothing was uploaded, submitted or published.")
         return
+    key = artifact_key(params, "summary")
+    markdown = summary_markdown(key, progress.flow_run_id) if progress.flow_run_id else None
+    if markdown is not None:
+        console.print()
+        print_markdown(console, markdown)
     typer.echo(
         f"Enriched {summary.enriched_rows:,} of {summary.rows_in:,} rows "
         f"({summary.rejected_rows:,} rejected, {summary.cache_hit_rows:,} from the cache) into "

@@ -2,19 +2,23 @@
 
 With ``MISTRAL_API_KEY`` set and no ``MISTRAL_SERVER_URL``, the same runs target the real API
 (and cost money); otherwise an emulator is started on a free loopback port and stopped at the end.
+Each run shows its progress as ``enrich run`` does; ``--verbose`` prints Prefect's log lines too.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
 import polars as pl
+from rich.console import Console
 
 from emulator.server import EmulatorProcess
 from schemas.params import EnrichParams, Kind, KindOptions
+from schemas.refs import RunSummary
 
 DEMO_DIR = Path(".demo")
 ROWS = 3_000
@@ -96,13 +100,20 @@ def show(params: EnrichParams) -> None:
         print(preview)
 
 
-def nightly(output: Path) -> None:
-    """The next night: the table grew by 300 rows; only their texts are sent."""
-    grown = sample_dataset(DEMO_DIR / "input" / "comments_grown.parquet", rows=ROWS + 300)
+def enriched(params: EnrichParams, console: Console, verbose: bool) -> RunSummary:
+    """One run of the flow, its progress shown on ``console``."""
+    from flows.console import showing_progress
     from flows.enrich import enrich
 
+    with showing_progress(console, verbose=verbose):
+        return enrich(params)
+
+
+def nightly(output: Path, console: Console, verbose: bool) -> None:
+    """The next night: the table grew by 300 rows; only their texts are sent."""
+    grown = sample_dataset(DEMO_DIR / "input" / "comments_grown.parquet", rows=ROWS + 300)
     params = runs(grown, output)[0]
-    summary = enrich(params)
+    summary = enriched(params, console, verbose)
     print(
         f"\n== nightly rerun ({params.kind.value}) over {summary.rows_in:,} rows: "
         f"{summary.cache_hit_rows:,} rows from the cache, {summary.sent_texts:,} new texts sent "
@@ -111,10 +122,9 @@ def nightly(output: Path) -> None:
     )
 
 
-def main() -> None:
+def main(verbose: bool = False) -> None:
     started = time.monotonic()
-    from flows.enrich import enrich
-
+    console = Console()
     source = sample_dataset(DEMO_DIR / "input" / "comments.parquet")
     output = DEMO_DIR / "output"
     real_api = bool(os.environ.get("MISTRAL_API_KEY")) and not os.environ.get("MISTRAL_SERVER_URL")
@@ -129,7 +139,7 @@ def main() -> None:
         print("MISTRAL_API_KEY is set: the demo runs against the real Mistral API.")
     try:
         for params in runs(source, output):
-            summary = enrich(params)
+            summary = enriched(params, console, verbose)
             print(
                 f"{params.kind.value}: {summary.enriched_rows:,} enriched "
                 f"({summary.cache_hit_rows:,} from the cache), "
@@ -137,7 +147,7 @@ def main() -> None:
             )
         for params in runs(source, output):
             show(params)
-        nightly(output)
+        nightly(output, console, verbose)
     finally:
         if emulator is not None:
             emulator.stop()
@@ -145,4 +155,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(verbose="--verbose" in sys.argv[1:])

@@ -19,6 +19,7 @@ import kinds
 from schemas.params import EnrichParams
 from schemas.refs import Estimate, PlanRef, ShardRef
 from tasks.core import pricing
+from tasks.core.keys import artifact_key
 from tasks.core.pricing import (
     PriceTable,
     PriceTableError,
@@ -60,10 +61,12 @@ def estimate(plan: PlanRef, shards: list[ShardRef], params: EnrichParams) -> Est
     markdown = plan_markdown(params, plan, shards, guess, saved)
     create_markdown_artifact(
         markdown=markdown,
-        key=f"enrich-plan-{plan.run_key}",
-        description=f"Plan and cost estimate for {params.output}",
+        key=artifact_key(params, "plan"),
+        description=f"{'Dry run: ' if params.dry_run else ''}plan and cost estimate of "
+        f"{params.kind.value} for {params.output} partition {plan.partition}",
     )
-    print(markdown, flush=True)  # `enrich run --dry-run` shows the plan on stdout
+    if params.dry_run:  # a dry run's answer is the plan: on stdout too
+        print(markdown, flush=True)
     get_run_logger().info(
         "Plan: %d texts in %d requests, %d prompt tokens, estimated %s; %d rows from the cache",
         guess.texts,

@@ -6,8 +6,11 @@ imported."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,7 +35,7 @@ from schemas.params import EnrichParams, KindOptions
 
 RUN = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
 WIDE = {"COLUMNS": "1000", "TERMINAL_WIDTH": "1000"}  # no wrapping in --help and error panels
-COMMAND_ONLY = {"--params", "--summary-json"}  # flags that are not parameters
+COMMAND_ONLY = {"--params", "--summary-json", "--verbose"}  # flags that are not parameters
 
 REQUIRED_ARGS = ["--input", "in.parquet", "--id-column", "id", "--text-column", "text"]
 REQUIRED_ARGS += ["--output", "out"]
@@ -429,3 +432,26 @@ def test_shape_of_a_field(annotation: Any, shape: Shape) -> None:
 )
 def test_strings_value(given: list[str], expected: list[str]) -> None:
     assert strings_value(given) == expected
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "false"), ("true", "true")])
+def test_the_temporary_server_sends_no_telemetry_unless_asked(given: str | None, seen: str) -> None:
+    """``enrich run`` without PREFECT_API_URL starts a temporary server; on an offline machine
+    its telemetry logged an error every run. Off by default; an explicit opt-in is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    if given is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = given
+    script = (
+        "import flows.cli; from prefect.settings import get_current_settings; "
+        "print(get_current_settings().server.analytics_enabled)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == {"false": "False", "true": "True"}[seen]
