@@ -13,7 +13,7 @@ export UV_PYTHON_DOWNLOADS := never
 # 2-core machine; the default 20 s timeout is too tight there.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install test lint typecheck pytest demo lock bench clean
+.PHONY: install test lint typecheck pytest demo lock bench screenshots clean
 
 install: $(VENV_STAMP)
 
@@ -46,6 +46,10 @@ bench: install
 	.venv/bin/python benchmarks/validation.py
 	.venv/bin/python benchmarks/cache_lookup.py
 	.venv/bin/python benchmarks/chaos.py --kills 9 --seed 1
+
+# The README's screenshots (docs/screenshots/*.png) from a real Prefect UI; needs Debian's chromium.
+screenshots: install
+	.venv/bin/python docs/screenshots.py
 
 # Re-resolve the lock after editing pyproject.toml dependencies (see README, "Updating the lock").
 lock: | $(UV)
