@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 
 from flows.engine import running_tasks_on
 from flows.hooks import cancel_jobs, report_failure
+from flows.naming import dry_run_ended, run_name, tag_dry_run
 from flows.suspend import suspend_while_running
 from schemas.params import EnrichParams, WaitMode
 from schemas.refs import CollectRef, GateRef, PlanRef, RunSummary, ShardRef, WriteRef
@@ -24,7 +25,9 @@ from tasks.core import pricing
 from tasks.core.ledger import RunLedger
 from tasks.core.quota import waves
 from tasks.cost import estimate
+from tasks.edges import storage
 from tasks.failpoints import failpoint
+from tasks.insight import insight
 from tasks.lease import Lease, holding_partition
 from tasks.plan import check_locations, plan
 from tasks.publish import clean_staging, publish, quarantine, repair
@@ -41,14 +44,18 @@ from tasks.write import write
     on_cancellation=[cancel_jobs],
     on_crashed=[report_failure],  # jobs keep running: the next run of the input reattaches
     on_failure=[report_failure],
+    flow_run_name=run_name,  # "<kind> · <table> · <partition>"
 )
 def enrich(params: EnrichParams) -> RunSummary:
     """Enrich a Parquet dataset through Mistral batch jobs; see the README for the contract."""
+    storage.use_credentials(params.storage_credentials)  # this process's; Dask tasks take theirs
     clock = StepClock()
     enriched_at = datetime.now(UTC)
     partition = params.partition_value(enriched_at)
     check_locations(params)
-    if not params.dry_run:
+    if params.dry_run:
+        tag_dry_run()
+    else:
         check_credentials()
     with holding_partition(params, partition) as lease:  # one writer per table partition
         repair(params, partition)
@@ -56,7 +63,8 @@ def enrich(params: EnrichParams) -> RunSummary:
         with running_tasks_on(params.task_runner):
             result = _enrich(params, partition, enriched_at, clock, lease)
     get_run_logger().info("Seconds per step: %s", clock.describe())
-    return result.model_copy(update={"step_seconds": clock.seconds})
+    final = result.model_copy(update={"step_seconds": clock.seconds})
+    return dry_run_ended(final) if params.dry_run else final
 
 
 def _enrich(
@@ -68,7 +76,7 @@ def _enrich(
     clock.lap("build")
     if params.dry_run:
         return summarize(planned, params, ledger, [], clock.total(), dry_run=True)
-    fetch_cached.map(unmapped(planned), range(len(planned.cache_files))).result()
+    fetch_cached.map(unmapped(planned), unmapped(params), range(len(planned.cache_files))).result()
     clock.lap("cache-fetch")
     quota = reserve_quota() if ledger.shards else ("", 0)
     _send(ledger.shards, planned, params, quota, clock, ledger)
@@ -82,7 +90,7 @@ def _enrich(
     verdict = validate(planned, params, written)
     clock.lap("validate")
     result = summarize(planned, params, ledger, written, clock.total())
-    summary(result, ledger.collected, verdict)
+    summary(result, ledger.collected, verdict, params)
     if not verdict.success:
         quarantine(planned, params, verdict)  # raises: the run fails, nothing is published
     _publish(planned, params, written, verdict, result, clock, lease)
@@ -173,11 +181,12 @@ def _publish(
     clock: StepClock,
     lease: Lease,
 ) -> None:
-    """Publish the partition, then update the cache and clean staging while the lease holds."""
+    """Publish the partition, then update the cache and clean staging while the lease holds,
+    then describe the published results (the ``results`` artifact)."""
     pending = stage_cache(planned, params, written)
     clock.lap("cache-stage")
     lease.check()  # never publish over a run that took the partition over
-    publish(planned, params, written, verdict, result.jobs)
+    published = publish(planned, params, written, verdict, result.jobs)
     clock.lap("publish")
     failpoint("promote")
     if pending and lease.held():  # else the next lookup promotes it
@@ -185,3 +194,6 @@ def _publish(
     clock.lap("cache-promote")
     if not params.keep_staging and lease.held():  # else staging may be another run's now
         clean_staging(planned)
+    # Best effort: a failed results artifact shows as a failed task; the run stays completed.
+    insight(params, planned.partition, published, return_state=True)
+    clock.lap("insight")

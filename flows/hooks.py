@@ -10,6 +10,7 @@ catches those jobs.
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from typing import Any
 
 from prefect.logging import get_logger
@@ -20,6 +21,7 @@ from tasks.batch import gateway
 from tasks.core.layout import Layout
 from tasks.edges import events, storage
 from tasks.edges.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
+from tasks.edges.settings import StorageCredentialsError
 
 
 def run_params(flow_run: Any) -> EnrichParams | None:
@@ -57,6 +59,7 @@ def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
     params = run_params(flow_run)
     if params is None:
         return
+    storage.use_credentials(params.storage_credentials)
     run_id = str(flow_run.id)
     release_leases(params, run_id)
     if params.on_cancel is OnCancel.detach:
@@ -74,17 +77,19 @@ def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def report_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """on_failure / on_crashed: an ``enrich.run.failed`` event for automations."""
+    """on_failure / on_crashed: an ``enrich.run.failed`` event for automations (also for a run
+    whose parameters did not validate: it names the output they gave)."""
+    payload = {
+        "flow_run_id": str(flow_run.id),
+        "state": state.name,
+        "message": (state.message or "")[:1000],
+    }
     params = run_params(flow_run)
     if params is None:
+        raw = (flow_run.parameters or {}).get("params")
+        events.failed_before_start(raw if isinstance(raw, dict) else {}, payload)
         return
-    release_leases(params, str(flow_run.id))
-    events.failed(
-        params,
-        params.partition,
-        {
-            "flow_run_id": str(flow_run.id),
-            "state": state.name,
-            "message": (state.message or "")[:1000],
-        },
-    )
+    with suppress(StorageCredentialsError):  # the run may have failed on that block: no lease
+        storage.use_credentials(params.storage_credentials)
+        release_leases(params, str(flow_run.id))
+    events.failed(params, params.partition, payload)

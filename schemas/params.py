@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -182,6 +184,22 @@ class EnrichParams(BaseModel):
         description="Where staging, rejected rows, quarantine and manifests go; default: "
         "`_enrich/<output name>` beside the output, so the table folder holds only the table.",
     )
+    storage_credentials: str = Field(
+        default="",
+        title="Storage credentials block",
+        description="Name of a prefect-aws AwsCredentials block for s3:// locations (its access "
+        "key, secret, region and endpoint_url); empty: the AWS_* variables of the machine "
+        "running the run (and of each Dask worker).",
+    )
+
+    @field_validator("input", "output", "work", "cache", "price_table")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """A local path is made absolute where the parameters are read (the worker's folder):
+        artifacts, events, logs and job metadata then name one place, not one per clone."""
+        if value is None or "://" in value.removeprefix("file://"):
+            return value
+        return os.path.normpath(Path(value.removeprefix("file://")).expanduser().absolute())
 
     @field_validator("partition")
     @classmethod

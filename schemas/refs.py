@@ -62,6 +62,7 @@ class JobRef(_Ref):
     job_id: str
     requests: int
     reattached: bool
+    texts: int = 0  # texts in its requests (0: unknown, in records of older runs)
     expired_jobs: list[str] = Field(default_factory=list)  # same key, results gone: paid again
 
 
@@ -123,11 +124,14 @@ class FailedCheck(_Ref):
     unexpected_count: int | None
     example_ids: list[str]
     observed: str | None
+    plain: str = ""  # what it means, with the run's limits ("0.2 % of rows rejected, ...")
 
     def describe(self) -> str:
+        examples = f", e.g. ids {', '.join(self.example_ids)}" if self.example_ids else ""
+        if self.plain:
+            return f"{self.plain}{examples} (check {self.suite}.{self.expectation})"
         where = f" on {self.column}" if self.column else ""
         count = f": {self.unexpected_count} row(s)" if self.unexpected_count else ""
-        examples = f", e.g. ids {', '.join(self.example_ids)}" if self.example_ids else ""
         observed = f" (observed {self.observed})" if self.observed is not None else ""
         return f"{self.suite}: {self.expectation}{where}{count}{examples}{observed}"
 

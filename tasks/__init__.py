@@ -13,3 +13,9 @@ import os
 os.environ.setdefault(
     "_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0"
 )
+
+# Expected errors (bad input, a budget, a failed gate) are logged by Prefect's engine without
+# their traceback, in every process that runs a step (Dask workers included).
+from tasks.logs import quiet_expected_errors
+
+quiet_expected_errors()

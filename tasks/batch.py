@@ -27,7 +27,7 @@ from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
 from tasks.core.columns import TEXT_KEY
 from tasks.core.errors import TransientError
-from tasks.core.keys import job_key
+from tasks.core.keys import artifact_key, job_key
 from tasks.core.layout import Layout, Staging
 from tasks.core.parsing import parse, too_long_failures
 from tasks.edges import events, storage
@@ -276,6 +276,7 @@ def submit_job(
         job_id=job.id,
         requests=shard.requests,
         reattached=reattached,
+        texts=shard.texts,
         expired_jobs=expired,
     )
     record = ref.model_dump()
@@ -285,6 +286,24 @@ def submit_job(
         )
     storage.write_json(record_uri, record)
     return ref
+
+
+def answered_texts(jobs: Sequence[JobRef], latest: dict[str, JobStatus]) -> tuple[int, int]:
+    """Texts answered so far and texts in all: each job's requests answered, weighted by the
+    texts its requests carry (a request holds many texts; a job that records no text count
+    counts its requests)."""
+    done = of = 0
+    for job in jobs:
+        texts = job.texts or job.requests
+        of += texts
+        status = latest.get(job.job_id)
+        if status is not None:
+            done += (
+                texts
+                * min(status.completed, status.total or job.requests)
+                // max(1, status.total or job.requests)
+            )
+    return done, of
 
 
 def wait_all(
@@ -331,9 +350,7 @@ def wait_all(
             failures += 1
             if failures == 1:
                 log.warning("Polling hit a transient error, backing off: %s", exc)
-        total = sum(s.total or j.requests for j in jobs if (s := latest.get(j.job_id)) is not None)
-        done = sum(s.completed for s in latest.values())
-        on_progress(done, max(total, sum(j.requests for j in jobs)))
+        on_progress(*answered_texts(jobs, latest))
         if len(final) == len(jobs):
             return final
         if clock() >= deadline:
@@ -472,8 +489,9 @@ def check_credentials() -> None:
     gateway()
 
 
-@task(name="submit")
+@task(name="submit", task_run_name="submit · shard {shard.shard} · attempt {shard.attempt}")
 def submit(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
+    storage.use_credentials(params.storage_credentials)  # on a Dask worker: not done yet
     ref = submit_job(gateway(), shard, plan, params, flow_run.get_id(), get_run_logger())
     verb = "Reattached to" if ref.reattached else "Created"
     get_run_logger().info(
@@ -487,7 +505,7 @@ def submit(shard: ShardRef, plan: PlanRef, params: EnrichParams) -> JobRef:
     return ref
 
 
-@task(name="record-unsent")
+@task(name="record-unsent", task_run_name="record-unsent · shard {shard.shard}")
 def record_unsent(shard: ShardRef, plan: PlanRef) -> CollectRef:
     ref = record_unsent_shard(shard, plan)
     get_run_logger().info(
@@ -502,9 +520,12 @@ def record_unsent(shard: ShardRef, plan: PlanRef) -> CollectRef:
 @task(name="wait")
 def wait(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOutcome]:
     logger = get_run_logger()
-    total = sum(j.requests for j in jobs)
+    texts = sum(j.texts or j.requests for j in jobs)
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
-        progress=0.0, description=f"Requests answered of {total} in {len(jobs)} batch job(s)"
+        progress=0.0,
+        key=artifact_key(params, "progress"),
+        description=f"0 of {texts:,} texts answered in {len(jobs)} batch job(s) of "
+        f"{params.output} partition {partition}",
     )
     shown = [-1.0]
 
@@ -512,7 +533,10 @@ def wait(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOu
         value = round(100.0 * done / of, 1) if of else 100.0
         if value != shown[0]:
             update_progress_artifact(
-                artifact_id=artifact, progress=value, description=f"{done}/{of} requests answered"
+                artifact_id=artifact,
+                progress=value,
+                description=f"{done:,} of {of:,} texts answered in {len(jobs)} batch job(s) of "
+                f"{params.output} partition {partition}",
             )
             shown[0] = value
 
@@ -553,6 +577,7 @@ def wait(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOu
 
 @task(
     name="collect",
+    task_run_name="collect · shard {shard.shard} · attempt {shard.attempt}",
     retries=3,
     retry_delay_seconds=[5, 30, 120],
     retry_condition_fn=retry_if_transient,
@@ -561,6 +586,7 @@ def collect(
     outcome: JobOutcome, shard: ShardRef, plan: PlanRef, params: EnrichParams
 ) -> CollectRef:
     """Retried by Prefect on failure: it only downloads and parses, it never pays."""
+    storage.use_credentials(params.storage_credentials)
     api = gateway()
     ref = in_shard_slot(collect_results, api, outcome, shard, plan, params)
     for file_id in outcome.input_files:  # the job is over: its request file is no longer needed

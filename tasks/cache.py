@@ -447,12 +447,14 @@ def compact(location: str) -> tuple[int, int, int]:
 
 @task(
     name="fetch-cached",
+    task_run_name="fetch-cached · cache file {file_index}",
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=retry_if_transient,
 )
-def fetch_cached(plan: PlanRef, file_index: int) -> int:
+def fetch_cached(plan: PlanRef, params: EnrichParams, file_index: int) -> int:
     """Copy this run's hits out of one cache file into staging (bucketed like the rows)."""
+    storage.use_credentials(params.storage_credentials)
     assert plan.hits_uri is not None
     uri = plan.cache_files[file_index]
     hits = storage.read_parquet(plan.hits_uri).filter(pl.col(FILE) == file_index)

@@ -39,6 +39,8 @@ class LeaseHeldError(TransientError):
     """Another live run holds the partition. Transient: once that run ends, the lease is
     free."""
 
+    expected = True
+
 
 class LeaseLostError(TerminalError):
     """The run's lease was taken over by another run: it must not publish. Terminal: this run

@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.logging import get_logger, get_run_logger
 
 import kinds
@@ -33,6 +33,7 @@ from schemas.params import EnrichParams
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
 from tasks.core import layout
 from tasks.core.errors import TerminalError
+from tasks.core.keys import artifact_key
 from tasks.core.layout import Layout, Staging
 from tasks.edges import events, storage
 from tasks.failpoints import failpoint
@@ -40,6 +41,8 @@ from tasks.failpoints import failpoint
 
 class ValidationFailedError(TerminalError):
     """The gate refused the run's outputs; nothing was published."""
+
+    expected = True
 
 
 PUBLISH_KEY = b"enrich.publish"
@@ -318,10 +321,26 @@ def quarantine(plan: PlanRef, params: EnrichParams, verdict: GateRef) -> str:
     run_id = current_run_id(plan)
     target = quarantine_staging(plan, params, run_id)
     docs = storage.join(target, "data_docs", "index.html")
+    where = f"partition {plan.partition} of {params.output}"
+    create_table_artifact(
+        table=[
+            {
+                "check": f.plain or f.expectation,
+                "rows failing": "" if f.unexpected_count is None else f"{f.unexpected_count:,}",
+                "example ids": ", ".join(f.example_ids),
+                "expectation": f"{f.suite}.{f.expectation}",
+            }
+            for f in verdict.failures
+        ],
+        key=artifact_key(params, "validation"),
+        description=f"Why {where} was not published: the checks that failed",
+    )
+    link = storage.browser_link(docs)
     create_link_artifact(
-        link=docs if storage.is_remote(docs) else f"file://{docs}",
-        link_text="Validation Data Docs",
-        description=f"Why partition {plan.partition} of {params.output} was not published",
+        link=link,
+        link_text=f"Validation Data Docs ({docs})" if storage.is_remote(docs) else "Data Docs",
+        key=artifact_key(params, "quarantine"),
+        description=f"Data Docs of the failed checks of {where}; quarantined in {target}",
     )
     raise ValidationFailedError(
         f"Validation failed for {params.output} partition={plan.partition}; nothing was "

@@ -101,20 +101,27 @@ def write_shard(built: BuiltRequests, plan: PlanRef, shard: int, attempt: int) -
 def first_attempt(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef | None:
     """The first attempt of a shard; None when the shard has no new text. A shard whose new
     texts are all over the model's context has 0 requests: it is recorded, never submitted."""
+    storage.use_credentials(params.storage_credentials)  # a task of its own, maybe on Dask
     texts = shard_texts(plan, params, shard)
     if texts.height == 0:
         return None
     return write_shard(build(texts, params, shard, 0, TOKENS), plan, shard, 0)
 
 
-build_requests = task(name="build-requests")(on_shard_slot(first_attempt))
+build_requests = task(name="build-requests", task_run_name="build-requests · shard {shard}")(
+    on_shard_slot(first_attempt)
+)
 
 
-@task(name="build-retry-requests")
+@task(
+    name="build-retry-requests",
+    task_run_name="build-retry-requests · shard {shard} · attempt {attempt}",
+)
 def build_retry_requests(
     plan: PlanRef, params: EnrichParams, shard: int, attempt: int, failures_uri: str
 ) -> ShardRef | None:
     """A follow-up attempt for the texts that failed transiently in the previous one."""
+    storage.use_credentials(params.storage_credentials)
     failures = storage.read_parquet(failures_uri)
     keys = failures.filter(pl.col("transient"))[TEXT_KEY]
     texts = shard_texts(plan, params, shard).filter(pl.col(TEXT_KEY).is_in(keys.implode()))

@@ -17,7 +17,7 @@ from schemas.refs import (
 )
 from schemas.tables import REJECT_REASONS
 from tasks import cost
-from tasks.core import pricing
+from tasks.core import keys, pricing
 from tasks.core.ledger import RunLedger
 
 
@@ -97,19 +97,31 @@ def summarize(
 
 
 def _usd(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.4f}"
+    return "unknown" if value is None else pricing.usd(value)
 
 
-def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateRef) -> str:
+def to_markdown(
+    summary: RunSummary, collected: list[CollectRef], verdict: GateRef, kind: str = ""
+) -> str:
     estimated = summary.estimated
+    table = keys.table_name(summary.output)
+    if verdict.success:
+        outcome = f"| enriched | {summary.enriched_rows:,} rows, published |"
+    else:
+        outcome = (
+            f"| quarantined | {summary.enriched_rows:,} rows answered but NOT published: "
+            "validation failed (see below) |"
+        )
     lines = [
-        f"# Enrichment run `{summary.run_key}`",
+        f"# {' · '.join(filter(None, [kind, table, summary.partition]))}"
+        + ("" if verdict.success else ": quarantined"),
         "",
         "| | |",
         "|---|---|",
         f"| output | `{summary.output}` (partition `{summary.partition}`) |",
+        f"| run key | `{summary.run_key}` |",
         f"| rows in | {summary.rows_in:,} |",
-        f"| enriched | {summary.enriched_rows:,} |",
+        outcome,
         f"| rejected | {summary.rejected_rows:,} |",
         f"| from the cache | {summary.cache_hit_rows:,} rows ({summary.cache_hit_texts:,} texts);"
         f" cost avoided {_usd(summary.cost_avoided_usd)} |",
@@ -152,10 +164,14 @@ def to_markdown(summary: RunSummary, collected: list[CollectRef], verdict: GateR
 
 
 @task(name="summary")
-def summary(summary: RunSummary, collected: list[CollectRef], verdict: GateRef) -> RunSummary:
+def summary(
+    summary: RunSummary, collected: list[CollectRef], verdict: GateRef, params: EnrichParams
+) -> RunSummary:
+    state = "published" if verdict.success else "quarantined"
     create_markdown_artifact(
-        markdown=to_markdown(summary, collected, verdict),
-        key=f"enrich-{summary.run_key}",
-        description=f"Enrichment run summary for {summary.output}",
+        markdown=to_markdown(summary, collected, verdict, params.kind.value),
+        key=keys.artifact_key(params, "summary"),
+        description=f"{params.kind.value} run of {summary.output} partition "
+        f"{summary.partition}: {state}",
     )
     return summary

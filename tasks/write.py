@@ -76,6 +76,7 @@ def write_shard(
     enriched_at: datetime,
 ) -> WriteRef:
     """Stage a shard's enriched and rejected rows, its checks frame and its row ids."""
+    storage.use_credentials(params.storage_credentials)  # a task of its own, maybe on Dask
     if not storage.exists(Staging(plan.staging).rows(shard)):  # no row hashed into this shard
         return WriteRef(shard=shard, enriched_rows=0, rejected_rows=0, process=_here())
     rows = storage.scan_parquet(Staging(plan.staging).rows(shard)).collect()
@@ -132,4 +133,4 @@ def write_shard(
     )
 
 
-write = task(name="write")(on_shard_slot(write_shard))
+write = task(name="write", task_run_name="write · shard {shard}")(on_shard_slot(write_shard))

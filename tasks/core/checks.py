@@ -148,6 +148,10 @@ def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -
             },
         )
         context.data_sources.delete(name)
+    raw = {  # as the suite states them: a limit keeps its parameter's name
+        (e["type"], e["kwargs"].get("column")): e["kwargs"]
+        for e in suite_definition(suite_name)["expectations"]
+    }
     failures = []
     for result in outcome.results:
         if result.success:
@@ -156,14 +160,20 @@ def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -
         index_list = details.get("partial_unexpected_index_list") or []
         examples = [row.get("id") for row in index_list[:EXAMPLES] if isinstance(row, dict)]
         observed = details.get("observed_value")
+        config = result.expectation_config
+        written = raw.get((config.type, config.kwargs.get("column")), config.kwargs)
+        kwargs = {k: _resolved(v, parameters) for k, v in written.items()}
         failures.append(
             FailedCheck(
                 suite=suite_name,
-                expectation=result.expectation_config.type,
-                column=result.expectation_config.kwargs.get("column"),
+                expectation=config.type,
+                column=kwargs.get("column"),
                 unexpected_count=details.get("unexpected_count"),
                 example_ids=[str(_plain(v)) for v in examples],
                 observed=None if observed is None else str(_plain(observed)),
+                plain=in_plain_words(
+                    config.type, kwargs, details.get("unexpected_count"), _plain(observed)
+                ),
             )
         )
     return SuiteResult(
@@ -177,3 +187,51 @@ def validate(frame: pl.DataFrame, suite_name: str, parameters: dict[str, Any]) -
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _resolved(value: Any, parameters: dict[str, Any]) -> Any:
+    """A suite's ``{"$PARAMETER": name}`` placeholder replaced by the run's value."""
+    if isinstance(value, dict) and "$PARAMETER" in value:
+        name = value["$PARAMETER"]
+        return f"{name} = {parameters[name]}" if name in parameters else name
+    return value
+
+
+def percent(fraction: float) -> str:
+    """0.002 -> '0.2 %', 0.25 -> '25 %', 1e-05 -> '0.001 %'."""
+    return f"{fraction * 100:.3g} %"
+
+
+# What a failed expectation means: {count} rows failing, {column}, {low}/{high} its bounds (the
+# run's own limits), {value} the expected value, {observed} what the check measured.
+PLAIN_WORDS = {
+    "expect_table_row_count_to_equal": "{observed} rows accounted for where the input has {value}",
+    "expect_column_values_to_not_be_null": "{count} without a {column}",
+    "expect_column_values_to_be_unique": "{count} whose {column} is not unique",
+    "expect_column_values_to_be_in_set": "{count} whose {column} is outside the allowed values",
+    "expect_column_values_to_be_between": "{count} whose {column} is outside [{low}, {high}]",
+    "expect_column_mean_to_be_between": "mean of {column} is {observed}, outside [{low}, {high}]",
+}
+
+
+def in_plain_words(
+    expectation: str, kwargs: dict[str, Any], unexpected: int | None, observed: Any
+) -> str:
+    """What a failed expectation means, as a person would say it, with the run's limits."""
+    column, high = kwargs.get("column"), kwargs.get("max_value")
+    if expectation == "expect_column_mean_to_be_between" and column == "_rejected":
+        share = percent(float(observed)) if isinstance(observed, int | float) else observed
+        return f"{share} of rows rejected, more than {high}"
+    if expectation == "expect_column_values_to_be_between" and high == kwargs.get("min_value"):
+        return f"{unexpected or 0:,} row(s) whose {column} is not {high}"
+    template = PLAIN_WORDS.get(expectation)
+    if template is None:
+        return f"{expectation} on {column}" if column else expectation
+    return template.format(
+        count=f"{unexpected or 0:,} row(s)",
+        column=column,
+        low=kwargs.get("min_value"),
+        high=high,
+        value=kwargs.get("value"),
+        observed=observed,
+    )

@@ -28,6 +28,9 @@ class EnrichError(Exception):
     with the ids involved, and what the user can do next."""
 
     transient: ClassVar[bool] = False
+    # The message is the whole story (bad input, a budget, a failed gate): shown without a
+    # traceback. A bug's error keeps its traceback.
+    expected: ClassVar[bool] = False
 
 
 class TransientError(EnrichError):

@@ -21,6 +21,8 @@ MAX_TEXT_BYTES = 1 << 20
 class InputError(TerminalError):
     """The input cannot be enriched as asked; raised before any file is uploaded."""
 
+    expected = True
+
 
 def check_columns(schema: pa.Schema, params: EnrichParams, source: str) -> None:
     available = schema.names

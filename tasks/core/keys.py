@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import polars as pl
 
@@ -50,3 +51,22 @@ def run_key(params: EnrichParams, input_fingerprint: str, partition: str) -> str
 def job_key(content_hash: str, options: dict[str, object]) -> str:
     identity = json.dumps({"content": content_hash, "options": options}, sort_keys=True)
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+ARTIFACT_KINDS = ("summary", "plan", "progress", "results", "validation", "quarantine")
+
+
+def table_name(output: str) -> str:
+    """The table's name as people say it: the last folder of its URI (``s3://b/t/comments`` is
+    ``comments``)."""
+    return output.rstrip("/").rsplit("/", 1)[-1] or output
+
+
+def artifact_key(params: EnrichParams, what: str) -> str:
+    """``enrich-<table>-<kind>-<what>``: one history per table and kind in Prefect's artifact
+    list, the same across partitions and runs. Prefect allows lowercase letters, digits and
+    dashes only, so ``adhoc_strict`` becomes ``adhoc-strict``."""
+    if what not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact {what!r}; one of {', '.join(ARTIFACT_KINDS)}")
+    table = re.sub(r"[^a-z0-9]+", "-", table_name(params.output).lower()).strip("-") or "table"
+    return f"enrich-{table[:60].rstrip('-')}-{params.kind.value}-{what}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,9 +15,13 @@ from tasks.core.errors import TerminalError
 class BudgetExceededError(TerminalError):
     """The estimate is over ``max_cost_usd``: nothing was submitted."""
 
+    expected = True
+
 
 class PriceTableError(TerminalError):
     """The price table cannot be read or has no price for the model."""
+
+    expected = True
 
 
 class Price(BaseModel):
@@ -73,15 +78,16 @@ def check_budget(params: EnrichParams, estimated_usd: float | None, what: str) -
         return
     if estimated_usd is None:
         raise BudgetExceededError(
-            f"max_cost_usd is set to ${budget:,.2f} but the price table has no price for model "
+            f"max_cost_usd is set to {usd(budget)} but the price table has no price for model "
             f"{params.model}, so {what} cannot be estimated; nothing was submitted. Add the "
             "model to the price table (price_table parameter) or unset max_cost_usd."
         )
     if estimated_usd > budget:
         raise BudgetExceededError(
-            f"{what} is estimated at ${estimated_usd:,.4f}, over max_cost_usd=${budget:,.2f}; "
+            f"{what} is estimated at {usd(estimated_usd)}, over max_cost_usd = {usd(budget)}; "
             "nothing was submitted. Raise max_cost_usd, unset it, or enrich fewer rows (filter "
-            "the input) — the plan artifact and `--dry-run` show the estimate."
+            "the input); the plan artifact and a dry run (the dry_run parameter) show the "
+            "estimate."
         )
 
 
@@ -112,7 +118,15 @@ def avoided(
 
 
 def usd(value: float | None) -> str:
-    return "unknown (no price)" if value is None else f"${value:,.4f}"
+    """Dollars with the precision the amount needs: cents from a dollar up, three significant
+    digits below it ($0.001 stays $0.001, not $0.00)."""
+    if value is None:
+        return "unknown (no price)"
+    if value == 0 or abs(value) >= 1:
+        return f"${value:,.2f}"
+    decimals = max(2, 2 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}".rstrip("0")
+    return f"${text}{'0' * (2 - len(text.partition('.')[2]))}"
 
 
 def plan_markdown(
@@ -122,7 +136,7 @@ def plan_markdown(
     guess: Estimate,
     saved: float | None,
 ) -> str:
-    budget = "none" if params.max_cost_usd is None else f"${params.max_cost_usd:,.2f}"
+    budget = "none" if params.max_cost_usd is None else usd(params.max_cost_usd)
     rejected = plan.rows - plan.rows_to_send
     return "\n".join(
         [

@@ -29,3 +29,5 @@ def waves(shards: Sequence[ShardRef], capacity: int) -> list[list[ShardRef]]:
 
 class QuotaError(TerminalError):
     """A single job needs more requests than the whole quota: it could never be submitted."""
+
+    expected = True

@@ -52,6 +52,8 @@ class TerminalApiError(ApiError, TerminalError):
 class MissingCredentialsError(TerminalApiError):
     """Neither an API key nor an emulator URL is set."""
 
+    expected = True
+
 
 class AmbiguousCreateError(TransientApiError):
     """A job creation whose outcome is unknown (timeout, connection error, 5xx): the service may
@@ -74,7 +76,7 @@ def _explain(exc: Exception, action: str) -> ApiError:
         if status == 401:
             return TerminalApiError(
                 f"{action} was refused (HTTP 401): the API key is missing or wrong. "
-                "Check MISTRAL_API_KEY (or the Prefect Secret block)."
+                "Check the MistralCredentials block (or the Secret block, or MISTRAL_API_KEY)."
             )
         if status == 404:
             return NotFoundApiError(text)
@@ -134,8 +136,11 @@ class MistralGateway:
         self.settings = settings
         if settings.api_key is None and settings.server_url is None:
             raise MissingCredentialsError(
-                "MISTRAL_API_KEY is not set: set it to use the Mistral API, or set "
-                "MISTRAL_SERVER_URL to a local emulator (see `enrich emulator --help`)."
+                "MISTRAL_API_KEY is not set and there is no MistralCredentials block "
+                f"{settings.credentials_block!r} nor Secret block {settings.api_key_block!r}: "
+                "create the block (README: Secrets and settings) or set the variable to use the "
+                "Mistral API, or set MISTRAL_SERVER_URL to a local emulator (see `enrich "
+                "emulator --help`)."
             )
         retry = RetryConfig(
             "backoff",

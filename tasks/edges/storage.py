@@ -14,6 +14,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from tasks.core import layout
 from tasks.core.errors import TerminalError
-from tasks.edges.settings import StorageSettings
+from tasks.edges.settings import StorageSettings, storage_settings
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -35,9 +36,13 @@ _GLOB_CHARS = frozenset("*?[")
 class InputNotFoundError(TerminalError):
     """The input URI names no Parquet data."""
 
+    expected = True
+
 
 class UnsupportedSchemeError(TerminalError):
     """A URI with a scheme other than ``s3://`` (or none)."""
+
+    expected = True
 
 
 class CrossFilesystemMoveError(TerminalError):
@@ -54,16 +59,46 @@ def _strip(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
+@dataclass
+class _Credentials:
+    """The S3 settings ``use_credentials`` took from a block for this process; None: the
+    environment's, read at each use."""
+
+    from_block: StorageSettings | None = None
+
+
+_CREDENTIALS = _Credentials()
+
+
+def use_credentials(block: str) -> None:
+    """From now on this process reaches ``s3://`` with the prefect-aws ``AwsCredentials`` block
+    ``block`` (a run's ``storage_credentials``), or, for ``""``, with the ``AWS_*`` variables.
+
+    Called where a run's work starts in a process: the flow, its hooks, and every task that may
+    run on a Dask worker (those take the block from the Prefect API themselves: secrets never
+    travel through Dask). A process serves one run's storage at a time: a flow run's own
+    process, a Dask worker with one thread. Raises ``StorageCredentialsError`` when the block is
+    missing."""
+    _CREDENTIALS.from_block = storage_settings(block) if block else None
+
+
 def _s3() -> fsspec.AbstractFileSystem:
-    """The S3 filesystem for the settings in the environment now: a changed environment takes
-    effect at once (a test, a worker), and the filesystem is built once per distinct settings."""
+    """The S3 filesystem for the block's settings, or for the settings in the environment now:
+    a changed environment takes effect at once (a test, a worker), and the filesystem is built
+    once per distinct settings."""
+    if _CREDENTIALS.from_block is not None:
+        return _s3_for(_CREDENTIALS.from_block)
     names = (f"AWS_{name.upper()}" for name in StorageSettings.model_fields)
-    return _s3_for(tuple(os.environ.get(name) for name in names))
+    return _s3_from_environment(tuple(os.environ.get(name) for name in names))
 
 
 @lru_cache(maxsize=4)
-def _s3_for(environment: tuple[str | None, ...]) -> fsspec.AbstractFileSystem:
-    settings = StorageSettings()  # the environment ``environment`` was read from
+def _s3_from_environment(environment: tuple[str | None, ...]) -> fsspec.AbstractFileSystem:
+    return _s3_for(StorageSettings())  # the environment ``environment`` was read from
+
+
+@lru_cache(maxsize=4)
+def _s3_for(settings: StorageSettings) -> fsspec.AbstractFileSystem:
     region = settings.region or settings.default_region
     secrets = (settings.access_key_id, settings.secret_access_key, settings.session_token)
     key, secret, token = (s.get_secret_value() if s else None for s in secrets)
@@ -348,3 +383,12 @@ def parquet_dataset(uri: str) -> ds.Dataset:
     if fs.isdir(path) and not any(p.endswith(".parquet") or fs.isfile(p) for p in fs.find(path)):
         raise InputNotFoundError(f"the input folder {uri} holds no files")
     return ds.dataset(path, filesystem=pa_fs, format="parquet", partitioning="hive")
+
+
+def browser_link(uri: str, expires_seconds: int = 7 * 24 * 3600) -> str:
+    """A link a browser can open: an absolute ``file://`` URL for a local path, a presigned
+    ``https`` URL for an object (valid ``expires_seconds``, at most the 7 days S3 allows)."""
+    if not is_remote(uri):
+        return Path(_strip(uri)).absolute().as_uri()
+    fs, path = filesystem(uri)
+    return str(fs.url(path, expires=expires_seconds))

@@ -32,7 +32,9 @@ def test_every_failpoint_is_survived_without_loss_or_double_payment(
     printed = capsys.readouterr().out
     found = figures(printed)
     assert found["kills scheduled"] == len(POINTS), printed
-    assert found["kills survived (rerun exited 0)"] == found["kills fired (died by SIGKILL)"]
+    assert found["kills survived (rerun exited 0)"] == found["kills fired (died by SIGKILL)"], (
+        printed
+    )
     assert found["kills fired (died by SIGKILL)"] == len(POINTS), printed
     assert found["rows lost"] == 0, printed
     assert found["rows duplicated"] == 0, printed

@@ -19,7 +19,7 @@ from emulator.server import EmulatorProcess
 from flows.cli import app
 from flows.enrich import enrich
 from schemas.refs import RunSummary
-from tasks.core.pricing import BudgetExceededError
+from tasks.core.pricing import BudgetExceededError, usd
 from tasks.edges import storage
 from tests.flows.conftest import flow_params as params
 from tests.flows.conftest import read_table, use
@@ -208,9 +208,9 @@ def test_budget_guard_refuses_before_anything_is_sent(
     with pytest.raises(BudgetExceededError) as refused:
         enrich(params(source, tmp_path / "out", max_cost_usd=0.05, price_table=str(prices)))
     assert str(refused.value) == (
-        f"this run is estimated at ${expected:,.4f}, over max_cost_usd=$0.05; nothing was "
-        "submitted. Raise max_cost_usd, unset it, or enrich fewer rows (filter the input) — the "
-        "plan artifact and `--dry-run` show the estimate."
+        f"this run is estimated at {usd(expected)}, over max_cost_usd = $0.05; nothing was "
+        "submitted. Raise max_cost_usd, unset it, or enrich fewer rows (filter the input); the "
+        "plan artifact and a dry run (the dry_run parameter) show the estimate."
     )
     assert counts(mistral) == before
     assert not (tmp_path / "out").exists()

@@ -160,8 +160,14 @@ def test_rerun_replaces_the_partition_and_reattaches(
     assert read_table(tmp_path / "out").height == 150
 
 
-def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> None:
+@pytest.mark.parametrize("key_from", ["environment", "block"])
+def test_the_api_key_leaks_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mistral: EmulatorProcess, key_from: str
+) -> None:
+    """Wherever the key comes from (MISTRAL_API_KEY, or only a MistralCredentials block), it is
+    in no file, result, log, flow run, artifact or block document the API shows."""
     import asyncio
+    import uuid
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -172,6 +178,14 @@ def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> 
     )
     from prefect.logging.handlers import APILogHandler
 
+    from tasks.edges.credentials import MistralCredentials
+
+    block = f"leak-{uuid.uuid4().hex[:8]}"
+    if key_from == "block":
+        MistralCredentials(api_key=API_KEY, server_url=mistral.url).save(block)
+        monkeypatch.setenv("MISTRAL_CREDENTIALS_BLOCK", block)
+        monkeypatch.delenv("MISTRAL_API_KEY")
+        monkeypatch.delenv("MISTRAL_SERVER_URL")
     source = write_dataset(tmp_path / "in.parquet", TEXTS)
     state = enrich(params(source, tmp_path / "out"), return_state=True)
     assert state.is_completed()
@@ -182,7 +196,7 @@ def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> 
     summary = state.result()
     assert API_KEY not in summary.model_dump_json()
 
-    async def logs_and_run() -> tuple[list[str], str, str]:
+    async def logs_and_run() -> tuple[list[str], str, str, dict[str, str]]:
         async with get_client() as client:
             run_id = state.state_details.flow_run_id
             flow_run = await client.read_flow_run(run_id)
@@ -191,10 +205,15 @@ def test_the_api_key_leaks_nowhere(tmp_path: Path, mistral: EmulatorProcess) -> 
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
             )
             dumped = "".join(a.model_dump_json() for a in artifacts)
-            return [log.message for log in logs], flow_run.model_dump_json(), dumped
+            # What the UI and the API show of every block: secret fields obfuscated.
+            blocks = await client.read_block_documents(include_secrets=False)
+            shown = {str(b.name): b.model_dump_json() for b in blocks}
+            return [log.message for log in logs], flow_run.model_dump_json(), dumped, shown
 
     APILogHandler().flush()  # logs reach the API in batches: send what is queued first
-    messages, flow_run, artifacts = asyncio.run(logs_and_run())
+    messages, flow_run, artifacts, blocks = asyncio.run(logs_and_run())
     assert messages and not any(API_KEY in m for m in messages)
     assert API_KEY not in flow_run
     assert "Plan" in artifacts and API_KEY not in artifacts  # the plan and summary artifacts
+    assert not any(API_KEY in b for b in blocks.values())
+    assert key_from == "environment" or '"api_key":"********"' in blocks[block]

@@ -61,7 +61,7 @@ def test_events_for_published_failed_and_finished_jobs(
     output = tmp_path / "events-table"
     summary = enrich(params(write(tmp_path / "in.parquet", ["a", "b", "c"]), output))
 
-    dataset = f"enrich.dataset.{output}"
+    dataset = f"enrich.dataset.{output.as_uri()}"  # well-formed: the table's absolute URI
 
     def of_this_run(prefix: str) -> list[Any]:  # other tests' events may arrive meanwhile
         return [
@@ -92,7 +92,7 @@ def test_events_for_published_failed_and_finished_jobs(
     bad = write(tmp_path / "bad.parquet", [None, None, "c"])  # 2 of 3 rejected: the gate fails
     with pytest.raises(ValidationFailedError):
         enrich(params(bad, tmp_path / "bad-table"))
-    bad_dataset = f"enrich.dataset.{tmp_path / 'bad-table'}"
+    bad_dataset = f"enrich.dataset.{(tmp_path / 'bad-table').as_uri()}"
     failed = wait_until(
         "the failed event",
         lambda: [

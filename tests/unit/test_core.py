@@ -13,6 +13,7 @@ import pytest
 
 from schemas.params import EnrichParams, KindOptions
 from schemas.refs import CollectRef, Estimate, JobRef, ShardRef
+from tasks.core import pricing
 from tasks.core.columns import BUCKET, REJECT, TEXT_KEY, TEXT_KEY_2
 from tasks.core.inputs import InputError, check_columns, check_ids, reject_reason
 from tasks.core.joins import LostRowsError, enrich_rows
@@ -329,3 +330,21 @@ def test_every_path_of_a_table_comes_from_one_layout(
     assert staging.rows(3) == f"{layout.work}/staging/key/rows/_bucket=3"
     assert staging.attempt(3, 1) == f"{layout.work}/staging/key/shards/00003/attempt-1"
     assert staging.staged("checks", 3) == f"{layout.work}/staging/key/checks/part-00003.parquet"
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (0.0, "$0.00"),
+        (0.001, "$0.001"),
+        (0.0012345, "$0.00123"),
+        (0.05, "$0.05"),
+        (0.5, "$0.50"),
+        (12.3456, "$12.35"),
+        (1234567.891, "$1,234,567.89"),
+        (None, "unknown (no price)"),
+    ],
+)
+def test_dollars_print_with_the_precision_they_need(amount: float | None, shown: str) -> None:
+    """A budget of $0.001 must not print as $0.00 (the issue's example)."""
+    assert pricing.usd(amount) == shown

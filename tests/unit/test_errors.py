@@ -88,6 +88,7 @@ MARKS = {
     "tasks.edges.storage.InputNotFoundError": False,
     "tasks.edges.storage.UnsupportedSchemeError": False,
     "tasks.edges.storage.CrossFilesystemMoveError": False,
+    "tasks.edges.settings.StorageCredentialsError": False,
     "tasks.core.inputs.InputError": False,
     "tasks.core.pricing.BudgetExceededError": False,
     "tasks.core.pricing.PriceTableError": False,
@@ -117,7 +118,9 @@ def unreadable_answer(status: int = 200) -> errors.ResponseValidationError:
 # How each API failure leaves the Mistral edge: (failure, error class, transient, in the message).
 API_FAILURES = [
     pytest.param(sdk_error(400), TerminalApiError, False, "failed with HTTP 400", id="400"),
-    pytest.param(sdk_error(401), TerminalApiError, False, "Check MISTRAL_API_KEY", id="401"),
+    pytest.param(
+        sdk_error(401), TerminalApiError, False, "Check the MistralCredentials block", id="401"
+    ),
     pytest.param(sdk_error(403), TerminalApiError, False, "failed with HTTP 403", id="403"),
     pytest.param(sdk_error(404), NotFoundApiError, False, "failed with HTTP 404", id="404"),
     pytest.param(sdk_error(408), TransientApiError, True, "HTTP 408", id="408"),
@@ -271,7 +274,7 @@ def test_error_messages_name_the_ids_and_the_next_step() -> None:
     refused = _explain(sdk_error(401), "Uploading shard-3.jsonl")
     assert str(refused) == (
         "Uploading shard-3.jsonl was refused (HTTP 401): the API key is missing or wrong. "
-        "Check MISTRAL_API_KEY (or the Prefect Secret block)."
+        "Check the MistralCredentials block (or the Secret block, or MISTRAL_API_KEY)."
     )
 
 

@@ -16,7 +16,7 @@ STEPS = tuple(
     f"tasks.{name}"
     for name in (
         "batch", "cache", "cost", "lease", "plan", "publish", "quota", "requests", "summary",
-        "validate", "write", "retry", "memory", "failpoints",
+        "validate", "write", "retry", "memory", "failpoints", "insight", "logs",
     )
 )  # fmt: skip
 FORBIDDEN = {

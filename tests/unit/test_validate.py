@@ -10,6 +10,7 @@ import pytest
 
 import kinds
 from schemas.params import EnrichParams, Kind, KindOptions
+from tasks.core import checks
 from tasks.core.checks import derive, rows_frame, validate
 
 
@@ -158,3 +159,55 @@ def test_classifier_rows_need_every_target_label() -> None:
     assert check(Kind.classifier, frame, classifier_model="ft:classifier:x") == [
         "expect_column_values_to_be_between:labels_present:['b']"
     ]
+
+
+@pytest.mark.parametrize(
+    ("expectation", "kwargs", "unexpected", "observed", "said"),
+    [
+        (
+            "expect_column_mean_to_be_between",
+            {"column": "_rejected", "min_value": 0, "max_value": "max_rejected_fraction = 0"},
+            None,
+            0.002,
+            "0.2 % of rows rejected, more than max_rejected_fraction = 0",
+        ),
+        (
+            "expect_column_values_to_be_between",
+            {
+                "column": "embedding_length",
+                "min_value": "dimension = 8",
+                "max_value": "dimension = 8",
+            },
+            3,
+            None,
+            "3 row(s) whose embedding_length is not dimension = 8",
+        ),
+        (
+            "expect_column_values_to_be_between",
+            {"column": "score_max", "min_value": 0, "max_value": 1},
+            1200,
+            None,
+            "1,200 row(s) whose score_max is outside [0, 1]",
+        ),
+        (
+            "expect_table_row_count_to_equal",
+            {"value": "input_rows = 3"},
+            None,
+            2,
+            "2 rows accounted for where the input has input_rows = 3",
+        ),
+        ("expect_something_new", {"column": "x"}, 1, None, "expect_something_new on x"),
+    ],
+)
+def test_failed_checks_are_said_in_plain_words(
+    expectation: str, kwargs: dict[str, object], unexpected: int | None, observed: object, said: str
+) -> None:
+    assert checks.in_plain_words(expectation, kwargs, unexpected, observed) == said
+
+
+def test_a_failed_rows_check_names_the_limit_it_broke() -> None:
+    frame = checks.rows_frame(pl.Series(["a", "b"]), pl.Series(["c"]))
+    result = checks.validate(frame, "rows", {"input_rows": 3, "max_rejected_fraction": 0.25})
+    [failure] = result.failures
+    assert failure.plain == "33.3 % of rows rejected, more than max_rejected_fraction = 0.25"
+    assert failure.describe().startswith("33.3 % of rows rejected")

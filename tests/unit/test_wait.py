@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 
 from schemas.refs import JobRef
-from tasks.batch import WaitTimeoutError, wait_all
+from tasks.batch import WaitTimeoutError, answered_texts, wait_all
 from tasks.edges.mistral import JobStatus, MistralGateway, TerminalApiError, TransientApiError
 
 
@@ -129,3 +129,16 @@ def test_sleeps_stop_at_the_deadline() -> None:
         run(service, [ref("a")], deadline=25.0, fake=fake)
     # Polls at 0, 10, 20 and 25 s: the last sleep is cut to the deadline, then the wait gives up.
     assert fake.sleeps == [10.0, 10.0, 5.0] and service.polls == 4
+
+
+def test_progress_counts_texts_not_requests() -> None:
+    """7 requests carrying 2,991 texts: the progress says texts, and moves with each request."""
+    many = ref("a").model_copy(update={"requests": 4, "texts": 2000})
+    few = ref("b", 1).model_copy(update={"requests": 3, "texts": 991})
+    assert answered_texts([many, few], {}) == (0, 2991)
+    halfway = {"a": status("a", "RUNNING", 2, 4), "b": status("b", "RUNNING", 0, 3)}
+    assert answered_texts([many, few], halfway) == (1000, 2991)
+    over = {"a": status("a", "SUCCESS", 4, 4), "b": status("b", "SUCCESS", 3, 3)}
+    assert answered_texts([many, few], over) == (2991, 2991)
+    unknown = ref("c").model_copy(update={"requests": 5})  # an older record: requests count
+    assert answered_texts([unknown], {"c": status("c", "RUNNING", 2, 5)}) == (2, 5)
