@@ -92,6 +92,12 @@ class Kind(ABC):
     name: ClassVar[str]
     endpoint: ClassVar[str]
     suite: ClassVar[str]  # schemas/expectations/<suite>.json
+    # The run form: the kind's one-line summary, the options it shows (``KindOptions`` fields),
+    # those it requires, and JSON Schema refinements the server checks before a run exists.
+    summary: ClassVar[str] = ""
+    options_shown: ClassVar[tuple[str, ...]] = ("model",)
+    options_required: ClassVar[tuple[str, ...]] = ()
+    options_schema: ClassVar[dict[str, dict[str, Any]]] = {}
     default_model: ClassVar[str | None] = None
     input: ClassVar[TextInput] = TEXT
     packing: ClassVar[Packing | None] = None  # None: one text per request line
@@ -110,8 +116,13 @@ class Kind(ABC):
 
     def check(self, options: KindOptions) -> None:
         """Refuse options this kind cannot use (ValueError, saying what to give)."""
-        if options.output_dimension is not None:
-            raise ValueError("options.output_dimension applies to kind 'embeddings' only")
+        usable = {"model", *self.options_shown}
+        for name in type(options).model_fields:
+            if name not in usable and getattr(options, name) not in (None, [], ""):
+                raise ValueError(
+                    f"options.{name} does not apply to kind {self.name!r}, whose options are "
+                    f"{', '.join(sorted(usable))}"
+                )
 
     def result_options(self, options: KindOptions) -> dict[str, Any]:
         """The options besides kind and model that change a result (part of every identity)."""

@@ -7,7 +7,7 @@ The model answers a strict JSON object ``{"label": <one of the labels>}``; the p
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
@@ -25,6 +25,12 @@ DEFAULT_INSTRUCTIONS = (
 
 class Classification(StructuredChat):
     name = "classification"
+    summary = "one of your labels per text, by a chat model"
+    options_shown = ("labels", "instructions", "model")
+    options_required = ("labels",)
+    options_schema: ClassVar[dict[str, dict[str, Any]]] = {
+        "labels": {"minItems": 2, "uniqueItems": True, "items": {"type": "string", "minLength": 1}}
+    }
     suite = "classification"
     default_instructions = DEFAULT_INSTRUCTIONS
     max_answer_tokens = 64

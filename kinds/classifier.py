@@ -5,7 +5,7 @@ Published columns per target: ``<target>_label`` (the top label) and ``<target>_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 class Classifier(Kind):
     name = "classifier"
+    summary = "labels per target from your fine-tuned classifier (/v1/classifications)"
+    options_shown = ("classifier_model",)
+    options_required = ("classifier_model",)
+    options_schema: ClassVar[dict[str, dict[str, Any]]] = {"classifier_model": {"minLength": 1}}
     endpoint = "/v1/classifications"
     suite = "classifier"
     packing = Packing()

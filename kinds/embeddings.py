@@ -27,14 +27,13 @@ SHOWN_CHARACTERS = 80
 
 class Embeddings(Kind):
     name = "embeddings"
+    summary = "a vector per text (/v1/embeddings)"
+    options_shown = ("model", "output_dimension")
     endpoint = "/v1/embeddings"
     suite = "embeddings"
     default_model = "mistral-embed"
     packing = Packing()
     vector_column = "embedding"
-
-    def check(self, options: KindOptions) -> None:
-        pass  # output_dimension is this kind's own option
 
     def result_options(self, options: KindOptions) -> dict[str, Any]:
         if options.output_dimension is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
@@ -142,6 +142,12 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 class Extract(StructuredChat):
     name = "extract"
+    summary = "typed fields per text from your JSON Schema, by a chat model"
+    options_shown = ("json_schema", "instructions", "model")
+    options_required = ("json_schema",)
+    options_schema: ClassVar[dict[str, dict[str, Any]]] = {
+        "json_schema": {"type": "object", "required": ["type", "properties"]}
+    }
     suite = "extract"
     default_instructions = DEFAULT_INSTRUCTIONS
     max_answer_tokens = MAX_ANSWER_TOKENS

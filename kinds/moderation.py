@@ -32,6 +32,7 @@ QUANTILES = (0.5, 0.9, 0.99)
 
 class Moderation(Kind):
     name = "moderation"
+    summary = "category flags and scores per text (/v1/moderations)"
     endpoint = "/v1/moderations"
     suite = "moderation"
     default_model = "mistral-moderation-latest"
@@ -127,6 +128,7 @@ def _rounded(value: float | None) -> float | None:
 
 class ChatModeration(Moderation):
     name = "chat-moderation"
+    summary = "category flags and scores per conversation (/v1/chat/moderations)"
     endpoint = "/v1/chat/moderations"
     input = MESSAGES
     packing = None

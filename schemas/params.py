@@ -9,7 +9,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 import kinds
 
@@ -86,6 +95,12 @@ class KindOptions(BaseModel):
         "integer, boolean, enum, or an array of those) become typed columns, e.g. "
         '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}',
     )
+
+    @field_validator("model", "instructions", "classifier_model", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        """The run form sends "" for a text box left empty: the kind's default."""
+        return None if value == "" else value
 
 
 class EnrichParams(BaseModel):
@@ -192,6 +207,29 @@ class EnrichParams(BaseModel):
         "running the run (and of each Dask worker).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_inside_options(cls, data: Any) -> Any:
+        """The run form sends the kind inside ``options`` (one set of options per kind); Python
+        callers, the CLI and parameter files may give it beside them. Either way, one kind."""
+        if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+            return data
+        options = dict(data["options"])
+        if "kind" not in options:
+            return data
+        inner, outer = options.pop("kind"), data.get("kind")
+        if outer is not None and str(outer) != str(inner):
+            raise ValueError(
+                f"kind is given twice: {outer!r} and options.kind {inner!r}; give it once"
+            )
+        return {**data, "kind": inner, "options": options}
+
+    @field_validator("partition", "price_table", "work", "cache", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """The run form sends "" for a text box left empty: the documented default."""
+        return None if value == "" else value
+
     @field_validator("input", "output", "work", "cache", "price_table")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
@@ -255,6 +293,18 @@ class EnrichParams(BaseModel):
         kinds.kind_of(self).check(self.options)
         return self
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema Prefect stores and renders as the run form: one set of options per kind
+        (the form shows the chosen kind's only, and the server refuses, say, a classification
+        without labels before a run exists), titled sections, no null toggles where a default
+        exists."""
+        schema = handler(core_schema)
+        form_schema(handler.resolve_ref_schema(schema), handler.resolve_ref_schema)
+        return schema
+
     @property
     def model(self) -> str:
         return kinds.kind_of(self).model(self.options)
@@ -282,3 +332,66 @@ class EnrichParams(BaseModel):
         """The options that change a result: part of every job's identity."""
         kind = kinds.kind_of(self)
         return {"kind": self.kind.value, "model": self.model, **kind.result_options(self.options)}
+
+
+# The run form ------------------------------------------------------------------------------------
+
+# Optional text parameters whose default is described, not None-valued: shown as a text box with
+# an empty default (no "str / None" toggle); "" is read as unset.
+EMPTY_MEANS_DEFAULT = frozenset(
+    {"partition", "price_table", "work", "cache", "model", "instructions", "classifier_model"}
+)
+
+
+def form_schema(schema: dict[str, Any], resolve: Any) -> None:
+    """Rewrite ``EnrichParams``' JSON Schema in place for the run form (see
+    ``EnrichParams.__get_pydantic_json_schema__``)."""
+    properties: dict[str, Any] = schema["properties"]
+    properties.pop("kind", None)
+    schema["required"] = [name for name in schema.get("required", []) if name != "kind"]
+    option_fields = resolve(properties["options"])["properties"]
+    properties["options"] = {
+        "title": "Kind and its options",
+        "description": "What to ask Mistral for each row; the chosen kind's options.",
+        "anyOf": [_variant(kinds.get(k.value), option_fields, resolve) for k in Kind],
+        "default": {"kind": Kind.embeddings.value},
+    }
+    for name, field in list(properties.items()):
+        if name != "options":
+            properties[name] = _plain(name, field, resolve)
+
+
+def _variant(kind: Any, fields: dict[str, Any], resolve: Any) -> dict[str, Any]:
+    shown = {
+        name: _plain(name, fields[name], resolve) | kind.options_schema.get(name, {})
+        for name in kind.options_shown
+    }
+    return {
+        "title": kind.name,
+        "description": kind.summary,
+        "type": "object",
+        "properties": {
+            "kind": {"title": "Kind", "type": "string", "const": kind.name, "default": kind.name},
+            **shown,
+        },
+        "required": ["kind", *kind.options_required],
+        "additionalProperties": False,
+    }
+
+
+def _plain(name: str, field: dict[str, Any], resolve: Any) -> dict[str, Any]:
+    """An enum inline under a readable title (not its class name); a nullable text with a
+    described default as a plain text box."""
+    title = field.get("title") or name.replace("_", " ").capitalize()
+    if "$ref" in field:
+        target = resolve(field)
+        if "enum" in target:
+            rest = {k: v for k, v in field.items() if k != "$ref"}
+            return {**target, **rest, "title": title}
+        return field
+    options = field.get("anyOf", [])
+    if name in EMPTY_MEANS_DEFAULT and {"type": "null"} in options:
+        (kept,) = [o for o in options if o != {"type": "null"}]
+        rest = {k: v for k, v in field.items() if k not in ("anyOf", "default")}
+        return {**kept, **rest, "title": title, "default": ""}
+    return field

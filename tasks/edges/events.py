@@ -58,8 +58,9 @@ def failed_before_start(raw: dict[str, Any], payload: dict[str, Any]) -> None:
         "prefect.resource.id": dataset_id(named) if named else "enrich.dataset.unknown",
         "prefect.resource.name": table_name(named) if named else "unknown",
     }
-    kind = raw.get("kind")
-    if isinstance(kind, str):
+    options = raw.get("options")
+    kind = raw.get("kind") or (options.get("kind") if isinstance(options, dict) else None)
+    if isinstance(kind, str):  # beside the options (CLI, files) or inside them (the run form)
         resource["enrich.kind"] = kind
     emit_event(RUN_FAILED, resource=resource, payload=payload)
 

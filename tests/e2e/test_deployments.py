@@ -307,7 +307,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         emulator.stop()
 
 
-def parameters(source: Path, output: Path, **extra: Any) -> dict[str, Any]:
+def parameters(
+    source: Path,
+    output: Path,
+    kind: str | None = None,
+    options: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A run's parameters as the run form sends them: the kind inside its options."""
+    chosen = {"options": {"kind": kind, **(options or {})}} if kind else {}
     return {
         "params": {
             "input": str(source),
@@ -316,6 +324,7 @@ def parameters(source: Path, output: Path, **extra: Any) -> dict[str, Any]:
             "output": str(output),
             "partition": "2026-11-22",
             "poll_interval": 0.5,
+            **chosen,
             **extra,
         }
     }
@@ -336,8 +345,11 @@ def test_the_deployments_are_applied_with_a_kind_dropdown(stack: Stack) -> None:
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     schema = stack.deployment("adhoc")["parameter_openapi_schema"]
-    kind = schema["definitions"]["Kind"]
-    assert kind["enum"] == [
+    fields = schema["definitions"]["EnrichParams"]["properties"]
+    assert {"input", "options", "output", "max_cost_usd", "dry_run", "on_cancel"} <= set(fields)
+    assert "kind" not in fields  # it is chosen inside options: one set of options per kind
+    variants = {v["properties"]["kind"]["const"]: v for v in fields["options"]["anyOf"]}
+    assert list(variants) == [
         "embeddings",
         "moderation",
         "chat-moderation",
@@ -345,11 +357,19 @@ def test_the_deployments_are_applied_with_a_kind_dropdown(stack: Stack) -> None:
         "classifier",
         "extract",
     ]
-    assert "json_schema" in schema["definitions"]["KindOptions"]["properties"]
-    fields = schema["definitions"]["EnrichParams"]["properties"]
-    assert {"input", "kind", "options", "output", "max_cost_usd", "dry_run", "on_cancel"} <= set(
-        fields
-    )
+    required = {kind: sorted(v["required"]) for kind, v in variants.items()}
+    assert required["classification"] == ["kind", "labels"]
+    assert required["extract"] == ["json_schema", "kind"]
+    assert required["classifier"] == ["classifier_model", "kind"]
+    assert variants["classification"]["properties"]["labels"]["minItems"] == 2
+    assert set(variants["embeddings"]["properties"]) == {"kind", "model", "output_dimension"}
+    assert "json_schema" in variants["extract"]["properties"]
+    for name in ("cache_mode", "on_cancel", "wait"):  # titled sections, not class names
+        assert (
+            fields[name]["title"] in ("Cache mode", "On cancel", "Wait") and "enum" in fields[name]
+        )
+    for name in ("partition", "work", "cache", "price_table"):  # a text box, no null toggle
+        assert fields[name]["type"] == "string" and fields[name]["default"] == ""
     reconcile = stack.deployment("reconcile", flow="reconcile")
     assert reconcile["schedules"][0]["schedule"]["cron"] == "10 * * * *"
 
@@ -626,3 +646,25 @@ def test_the_server_logged_no_traceback(stack: Stack) -> None:
             "".join(lines[max(0, first - 1) : first + 80]),
         ]
     )
+
+
+def test_the_server_refuses_a_bad_form_before_a_run_exists(stack: Stack) -> None:
+    """ "Validate parameters" and "Run" are checked against the stored schema: a classification
+    without labels never becomes a run; a good one does."""
+    adhoc = stack.deployment("adhoc")
+    source, output = stack.data / "refused" / "in.parquet", stack.data / "refused" / "out"
+    for bad in (
+        parameters(source, output, kind="classification"),  # no labels
+        parameters(source, output, kind="classification", options={"labels": ["only"]}),
+        parameters(source, output, kind="embeddings", options={"labels": ["a", "b"]}),
+        parameters(source, output, kind="extract"),  # no json_schema
+    ):
+        response = stack.call(
+            "POST", f"/deployments/{adhoc['id']}/create_flow_run", json={"parameters": bad}
+        )
+        assert response.status_code in (409, 422), (bad, response.text)
+        assert "params.options" in response.text
+    runs = stack.call(
+        "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [adhoc["id"]]}}}
+    ).json()
+    assert not [r for r in runs if r["parameters"]["params"].get("output") == str(output)]

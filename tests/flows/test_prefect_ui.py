@@ -157,7 +157,7 @@ def test_a_run_whose_parameters_do_not_validate_still_emits_the_failed_event(
         "output": str(output),
         "id_column": "id",
         "text_column": "text",
-        "kind": "classification",  # without labels: refused by the parameters' validation
+        "options": {"kind": "classification"},  # no labels: refused by the validation
     }
     state = enrich(params=raw, return_state=True)  # type: ignore[arg-type]
     assert state.is_failed()

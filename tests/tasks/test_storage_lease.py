@@ -267,3 +267,19 @@ def test_the_hooks_release_a_cancelled_runs_lease(tmp_path: Path) -> None:
     assert lease.release_for_run(root, "other-run") == []
     assert len(lease.release_for_run(root, "cancelled-run")) == 1
     lease.acquire(f"{root}/partition=p", "next", _Log()).release()  # type: ignore[arg-type]
+
+
+def test_a_browser_link_opens_the_object(s3: str, tmp_path: Path) -> None:
+    """The quarantine's Data Docs link: a presigned https URL for an object (a browser cannot
+    open s3://), an absolute file:// URL for a local file (a relative one names a host)."""
+    import httpx
+
+    uri = f"{s3}/data_docs/index.html"
+    storage.write_bytes(uri, b"<html>docs</html>")
+    link = storage.browser_link(uri)
+    assert link.startswith("http") and "Signature" in link
+    assert httpx.get(link, timeout=30).content == b"<html>docs</html>"
+    local = tmp_path / "docs" / "index.html"
+    local.parent.mkdir()
+    local.write_text("<html>docs</html>")
+    assert storage.browser_link(str(local)) == f"file://{local}"

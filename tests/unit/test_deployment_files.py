@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.events.schemas.automations import AutomationCore
 
@@ -35,3 +36,50 @@ def test_the_failure_automation_is_valid() -> None:
     for spec in yaml.safe_load(Path(path).read_text())["automations"]:
         automation = AutomationCore.model_validate(spec)
         assert automation.trigger.expect == {"enrich.run.failed"}  # type: ignore[union-attr]
+
+
+def test_every_deployments_parameters_pass_the_schema_the_server_enforces() -> None:
+    """The server checks a run's parameters against the stored schema (one set of options per
+    kind): the shipped defaults must pass it, or no scheduled run could be created."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    for deployment in deployments():
+        schema = deployment._parameter_openapi_schema.model_dump_for_openapi()
+        validate(deployment.parameters, schema, raise_on_error=True, preprocess=True)
+
+
+def test_the_form_schema_refuses_what_the_parameters_refuse() -> None:
+    """The form's schema and EnrichParams agree on the kinds' required options."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    from flows.enrich import enrich
+
+    schema = parameter_schema(enrich.fn).model_dump_for_openapi()
+    base = {"input": "/in.parquet", "output": "/out", "id_column": "id", "text_column": "text"}
+    good = [
+        {},
+        {"options": {"kind": "classification", "labels": ["a", "b"], "model": ""}},
+        {
+            "options": {
+                "kind": "extract",
+                "json_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+            }
+        },
+        {"options": {"kind": "classifier", "classifier_model": "ft:classifier:x"}},
+        {"partition": "", "work": "", "cache": ""},
+    ]
+    for extra in good:
+        validate({"params": base | extra}, schema, raise_on_error=True, preprocess=True)
+        EnrichParams.model_validate(base | extra)
+    bad = [
+        {"options": {"kind": "classification"}},
+        {"options": {"kind": "classification", "labels": ["a"]}},
+        {"options": {"kind": "embeddings", "labels": ["a", "b"]}},
+        {"options": {"kind": "classifier"}},
+    ]
+    for extra in bad:
+        with pytest.raises(ValidationError):
+            validate({"params": base | extra}, schema, raise_on_error=True, preprocess=True)
+        with pytest.raises(ValueError):
+            EnrichParams.model_validate(base | extra)
