@@ -75,7 +75,9 @@ def runs(source: Path, output: Path) -> list[EnrichParams]:
     labels = KindOptions(labels=["positive", "negative", "neutral"])
     return [
         EnrichParams.model_validate(
-            common | {"kind": kind, "output": str(output / kind.value), "options": options}
+            # One table, "comments", per kind: its artifacts are enrich-comments-<kind>-*.
+            common
+            | {"kind": kind, "output": str(output / kind.value / "comments"), "options": options}
         )
         for kind, options in (
             (Kind.embeddings, KindOptions()),
