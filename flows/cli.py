@@ -310,7 +310,12 @@ def read_params(path: Path) -> dict[str, Any]:
 def build_params(ctx: typer.Context, params_file: Path | None) -> EnrichParams:
     """The run's parameters: those of ``params_file``, with the flags given on the command line
     (never their defaults) on top, validated."""
-    values = given_values(ctx, FLAGS, read_params(params_file) if params_file else {})
+    from_file = read_params(params_file) if params_file else {}
+    values = given_values(ctx, FLAGS, from_file)
+    options = values.get("options")
+    if values.get("kind") not in (None, from_file.get("kind")) and isinstance(options, dict):
+        # --kind overrides the file, whose kind may sit inside its options (the form's shape)
+        values = {**values, "options": {k: v for k, v in options.items() if k != "kind"}}
     try:
         return EnrichParams.model_validate(values)
     except ValidationError as exc:

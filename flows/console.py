@@ -422,9 +422,13 @@ def summary_markdown(key: str, flow_run_id: str) -> str | None:
     )
     from prefect.client.schemas.sorting import ArtifactSort
 
+    try:
+        run = UUID(flow_run_id)
+    except ValueError:  # a run outside Prefect's bookkeeping: no artifact to read
+        return None
     wanted = ArtifactFilter(
         key=ArtifactFilterKey(any_=[key]),
-        flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run]),
     )
     try:
         with get_client(sync_client=True) as client:

@@ -136,6 +136,8 @@ def main(verbose: bool = False) -> None:
         emulator = EmulatorProcess(DEMO_DIR / "emulator", api_key=key).start()
         os.environ["MISTRAL_SERVER_URL"] = emulator.url
         os.environ["MISTRAL_API_KEY"] = key
+        # A saved MistralCredentials or Secret block holds a real key: never send it here.
+        os.environ["MISTRAL_CREDENTIALS_BLOCK"] = os.environ["MISTRAL_API_KEY_BLOCK"] = ""
         print(f"Emulator (not the real Mistral API) at {emulator.url}")
     else:
         print("MISTRAL_API_KEY is set: the demo runs against the real Mistral API.")

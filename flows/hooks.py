@@ -18,6 +18,7 @@ from prefect.logging import get_logger
 from schemas.params import EnrichParams, OnCancel
 from tasks import lease
 from tasks.batch import gateway
+from tasks.core.errors import EnrichError
 from tasks.core.layout import Layout
 from tasks.edges import events, storage
 from tasks.edges.mistral import TERMINAL_STATUSES, ApiError, MistralGateway
@@ -37,9 +38,14 @@ def recorded_jobs(api: MistralGateway, params: EnrichParams, flow_run_id: str) -
     job created just before the record could be written); the listing is checked job by job, so
     another user's job is never touched."""
     ids = []
-    for uri in storage.list_files(Layout.of(params).run_jobs(flow_run_id), ".json"):
-        with storage.open_read(uri) as handle:
-            ids.append(str(json.load(handle)["job_id"]))
+    try:
+        for uri in storage.list_files(Layout.of(params).run_jobs(flow_run_id), ".json"):
+            with storage.open_read(uri) as handle:
+                ids.append(str(json.load(handle)["job_id"]))
+    except (EnrichError, OSError, ValueError, KeyError) as exc:  # the listing still finds them
+        get_logger("enrich.hooks").error(
+            "Could not read the job records of %s: %s", flow_run_id, exc
+        )
     for job in api.find_jobs({"enrich_flow_run": flow_run_id}):
         if job.id not in ids:
             ids.append(job.id)
@@ -59,9 +65,12 @@ def cancel_jobs(flow: Any, flow_run: Any, state: Any) -> None:
     params = run_params(flow_run)
     if params is None:
         return
-    storage.use_credentials(params.storage_credentials)
     run_id = str(flow_run.id)
-    release_leases(params, run_id)
+    try:  # storage trouble must not keep the jobs running: they are found by metadata too
+        storage.use_credentials(params.storage_credentials)
+        release_leases(params, run_id)
+    except (EnrichError, OSError) as exc:
+        logger.error("Could not release the leases of flow run %s: %s", run_id, exc)
     if params.on_cancel is OnCancel.detach:
         logger.info("Flow run %s ended %s: its batch jobs are left running", run_id, state.name)
         return

@@ -31,6 +31,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from schemas.params import EnrichParams
 from tasks.batch import gateway
 
 ADOPTS_TAG = "enrich-adopts-{run}"
@@ -99,7 +100,7 @@ def reconcile_jobs(action: ReconcileAction) -> list[Orphan]:
                 else:
                     adopted = client.create_flow_run_from_deployment(
                         run.deployment_id,
-                        parameters=run.parameters,
+                        parameters=form_parameters(run.parameters),
                         tags=[ADOPTS_TAG.format(run=run_id)],
                     )
                     outcome = f"adopted by flow run {adopted.id}"
@@ -125,3 +126,13 @@ def reconcile(action: ReconcileAction = ReconcileAction.adopt) -> list[Orphan]:
     """Find this project's running Mistral jobs whose flow run is over; adopt, cancel or report
     them."""
     return reconcile_jobs(action)
+
+
+def form_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A run's parameters in the shape the deployment's enforced schema accepts (a run created
+    before the form kept its kind inside ``options`` may hold it beside them)."""
+    try:
+        params = EnrichParams.model_validate(parameters["params"])
+    except (KeyError, ValueError):
+        return parameters
+    return {**parameters, "params": params.as_form()}

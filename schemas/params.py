@@ -65,7 +65,7 @@ PARTITION_PATTERN = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
 
 class KindOptions(BaseModel):
-    """Options of the chosen kind; those of other kinds are ignored."""
+    """Options of the chosen kind; one of another kind is refused (see ``Kind.check``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -304,6 +304,14 @@ class EnrichParams(BaseModel):
         schema = handler(core_schema)
         form_schema(handler.resolve_ref_schema(schema), handler.resolve_ref_schema)
         return schema
+
+    def as_form(self) -> dict[str, Any]:
+        """The parameters as the run form sends them (the kind inside ``options``, no nulls):
+        what a deployment, whose server enforces the form's schema, accepts."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        options = {k: v for k, v in data.pop("options").items() if v not in ([], "")}
+        data["options"] = {"kind": data.pop("kind"), **options}
+        return data
 
     @property
     def model(self) -> str:

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,9 @@ class Lease:
         return _lease_uri(self.folder, self.generation)
 
     def start_renewing(self) -> None:
-        self._thread = threading.Thread(target=self._renew_loop, name="enrich-lease", daemon=True)
+        self._thread = threading.Thread(  # the run's context: its storage credentials
+            target=copy_context().run, args=(self._renew_loop,), name="enrich-lease", daemon=True
+        )
         self._thread.start()
 
     def _renew_loop(self) -> None:
@@ -318,8 +321,8 @@ def holding_partition(params: EnrichParams, partition: str) -> Iterator[Lease]:
         wait_seconds=params.lease_wait_seconds,
     )
     log.info("Holding the lease on %s partition=%s (%s)", params.output, partition, lease.uri)
-    sweep_after_takeover(lease, params)
     try:
+        sweep_after_takeover(lease, params)
         yield lease
     finally:
         lease.release()

@@ -315,11 +315,8 @@ def repair(params: EnrichParams, partition: str) -> str | None:
     return repair_published(params, partition)
 
 
-@task(name="quarantine")
-def quarantine(plan: PlanRef, params: EnrichParams, verdict: GateRef) -> str:
-    """Quarantine, link the Data Docs from the run, and fail with the expectations that failed."""
-    run_id = current_run_id(plan)
-    target = quarantine_staging(plan, params, run_id)
+def explain_quarantine(plan: PlanRef, params: EnrichParams, verdict: GateRef, target: str) -> None:
+    """The validation table artifact and the Data Docs link artifact of a quarantined run."""
     docs = storage.join(target, "data_docs", "index.html")
     where = f"partition {plan.partition} of {params.output}"
     create_table_artifact(
@@ -337,11 +334,24 @@ def quarantine(plan: PlanRef, params: EnrichParams, verdict: GateRef) -> str:
     )
     link = storage.browser_link(docs)
     create_link_artifact(
-        link=link,
+        link=link or docs,
         link_text=f"Validation Data Docs ({docs})" if storage.is_remote(docs) else "Data Docs",
         key=artifact_key(params, "quarantine"),
-        description=f"Data Docs of the failed checks of {where}; quarantined in {target}",
+        description=f"Data Docs of the failed checks of {where}; quarantined in {target}"
+        + ("" if link else " (temporary credentials: no presigned link)"),
     )
+
+
+@task(name="quarantine")
+def quarantine(plan: PlanRef, params: EnrichParams, verdict: GateRef) -> str:
+    """Quarantine, show why (a table of the failed checks, a link to the Data Docs), and fail
+    with the checks that failed."""
+    run_id = current_run_id(plan)
+    target = quarantine_staging(plan, params, run_id)
+    try:  # best effort: the run fails with the gate's message whatever happens here
+        explain_quarantine(plan, params, verdict, target)
+    except Exception as exc:  # an artifact must not hide the validation failure
+        get_run_logger().warning("Could not create the quarantine artifacts: %s", exc)
     raise ValidationFailedError(
         f"Validation failed for {params.output} partition={plan.partition}; nothing was "
         f"published and the previous partition is unchanged. Failed: {verdict.message()}. "

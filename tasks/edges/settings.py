@@ -34,16 +34,17 @@ class MistralSettings(BaseSettings):
 
 
 def mistral_settings() -> MistralSettings:
-    """The settings, with the key (and the server URL, when it sets one) from the
-    ``MistralCredentials`` block when it exists, else the key from the Secret block when it
-    exists, else ``MISTRAL_API_KEY``. The key stays a ``SecretStr``: it never prints."""
+    """The settings, with the key (and the server URL, when it sets one and
+    ``MISTRAL_SERVER_URL`` does not) from the ``MistralCredentials`` block when it exists, else
+    the key from the Secret block when it exists, else ``MISTRAL_API_KEY``. The key stays a
+    ``SecretStr``: it never prints."""
     from tasks.edges.credentials import MistralCredentials
 
     settings = MistralSettings()
     credentials = load_block(MistralCredentials, settings.credentials_block)
     if credentials is not None:
         update: dict[str, Any] = {"api_key": credentials.api_key}
-        if credentials.server_url:
+        if credentials.server_url and not settings.server_url:  # MISTRAL_SERVER_URL wins
             update["server_url"] = credentials.server_url
         return settings.model_copy(update=update)
     key = secret_block(settings.api_key_block)

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -59,35 +59,33 @@ def _strip(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-@dataclass
-class _Credentials:
-    """The S3 settings ``use_credentials`` took from a block for this process; None: the
-    environment's, read at each use."""
-
-    from_block: StorageSettings | None = None
-
-
-_CREDENTIALS = _Credentials()
+# The S3 settings ``use_credentials`` took from a block for the current run; None: the
+# environment's, read at each use. A context variable, not a process global: two runs in one
+# process (a worker's hooks, concurrent flow calls, a Dask worker's threads) each see their own.
+# Prefect's thread pool copies the context into each task; a thread of our own must copy it too.
+_CREDENTIALS: ContextVar[StorageSettings | None] = ContextVar(
+    "enrich_storage_credentials", default=None
+)
 
 
 def use_credentials(block: str) -> None:
-    """From now on this process reaches ``s3://`` with the prefect-aws ``AwsCredentials`` block
-    ``block`` (a run's ``storage_credentials``), or, for ``""``, with the ``AWS_*`` variables.
+    """From now on this run (its context: the thread, and the tasks it submits) reaches
+    ``s3://`` with the prefect-aws ``AwsCredentials`` block ``block`` (a run's
+    ``storage_credentials``), or, for ``""``, with the ``AWS_*`` variables.
 
-    Called where a run's work starts in a process: the flow, its hooks, and every task that may
-    run on a Dask worker (those take the block from the Prefect API themselves: secrets never
-    travel through Dask). A process serves one run's storage at a time: a flow run's own
-    process, a Dask worker with one thread. Raises ``StorageCredentialsError`` when the block is
-    missing."""
-    _CREDENTIALS.from_block = storage_settings(block) if block else None
+    Called where a run's work starts: the flow, its hooks, and every task that may run on a
+    Dask worker (those take the block from the Prefect API themselves: secrets never travel
+    through Dask). Raises ``StorageCredentialsError`` when the block is missing."""
+    _CREDENTIALS.set(storage_settings(block) if block else None)
 
 
 def _s3() -> fsspec.AbstractFileSystem:
     """The S3 filesystem for the block's settings, or for the settings in the environment now:
     a changed environment takes effect at once (a test, a worker), and the filesystem is built
     once per distinct settings."""
-    if _CREDENTIALS.from_block is not None:
-        return _s3_for(_CREDENTIALS.from_block)
+    chosen = _CREDENTIALS.get()
+    if chosen is not None:
+        return _s3_for(chosen)
     names = (f"AWS_{name.upper()}" for name in StorageSettings.model_fields)
     return _s3_from_environment(tuple(os.environ.get(name) for name in names))
 
@@ -385,10 +383,13 @@ def parquet_dataset(uri: str) -> ds.Dataset:
     return ds.dataset(path, filesystem=pa_fs, format="parquet", partitioning="hive")
 
 
-def browser_link(uri: str, expires_seconds: int = 7 * 24 * 3600) -> str:
+def browser_link(uri: str, expires_seconds: int = 24 * 3600) -> str | None:
     """A link a browser can open: an absolute ``file://`` URL for a local path, a presigned
-    ``https`` URL for an object (valid ``expires_seconds``, at most the 7 days S3 allows)."""
+    ``https`` URL for an object (valid ``expires_seconds``: a day by default). None when the
+    credentials are temporary: their session token would travel inside the URL."""
     if not is_remote(uri):
         return Path(_strip(uri)).absolute().as_uri()
     fs, path = filesystem(uri)
+    if getattr(fs, "token", None):
+        return None
     return str(fs.url(path, expires=expires_seconds))

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -148,8 +149,8 @@ def test_the_aws_block_round_trips_with_its_secret_obfuscated(s3_server: Seaweed
 def test_the_key_is_looked_for_in_the_blocks_then_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """MistralCredentials block, then Secret block, then MISTRAL_API_KEY; the block's URL wins
-    over MISTRAL_SERVER_URL when it sets one."""
+    """MistralCredentials block, then Secret block, then MISTRAL_API_KEY; the block's URL is
+    used where MISTRAL_SERVER_URL is not set (an explicit emulator URL is never overridden)."""
     credentials, secret = unique("mistral"), unique("key")
     monkeypatch.setenv("MISTRAL_CREDENTIALS_BLOCK", credentials)
     monkeypatch.setenv("MISTRAL_API_KEY_BLOCK", secret)
@@ -169,6 +170,8 @@ def test_the_key_is_looked_for_in_the_blocks_then_the_environment(
     MistralCredentials(api_key="with-a-url", server_url="http://127.0.0.1:2").save(
         credentials, overwrite=True
     )
+    assert key_and_url() == ("with-a-url", "http://127.0.0.1:1")  # the environment's URL wins
+    monkeypatch.delenv("MISTRAL_SERVER_URL")
     assert key_and_url() == ("with-a-url", "http://127.0.0.1:2")
     assert "with-a-url" not in repr(mistral_settings())
 
@@ -186,6 +189,34 @@ def test_s3_with_credentials_only_from_the_block(s3_server: SeaweedS3, no_variab
     storage.use_credentials(s3_block(s3_server, secret="not-the-secret"))
     with pytest.raises(PermissionError):  # the block's key is the one used: a wrong one fails
         storage.exists(f"{base}/a/one.json")
+
+
+def test_two_runs_in_one_process_keep_their_own_storage_credentials(
+    s3_server: SeaweedS3, no_variables: None
+) -> None:
+    """A worker's hooks, concurrent flow calls or a Dask worker's threads: each run's block is
+    its own. Both threads choose their block before either touches S3; a process-wide setting
+    would give both the last one chosen."""
+    base = f"s3://{BUCKET}/two-runs-{uuid.uuid4().hex[:8]}"
+    blocks = {"good": s3_block(s3_server), "bad": s3_block(s3_server, secret="not-the-secret")}
+    both_chose = threading.Barrier(2, timeout=60)
+    outcome: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        storage.use_credentials(blocks[name])
+        both_chose.wait()
+        try:
+            storage.write_bytes(f"{base}/{name}.bin", name.encode())
+            outcome[name] = "written"
+        except PermissionError:
+            outcome[name] = "denied"
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in blocks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert outcome == {"good": "written", "bad": "denied"}
 
 
 def test_a_missing_or_unusable_block_is_refused_with_the_next_step() -> None:

@@ -220,6 +220,17 @@ def test_params_file_with_flags_on_top(tmp_path: Path, name: str, text: str) -> 
     )
 
 
+def test_a_form_shaped_file_and_a_kind_flag(tmp_path: Path) -> None:
+    """A file saved from the run form holds the kind inside its options; --kind overrides it
+    like any flag, and the file's options of its own kind do not come along silently."""
+    path = tmp_path / "params.json"
+    form = FROM_FILE | {"options": {"kind": "classification", "labels": ["a", "b"]}}
+    form.pop("kind", None)
+    path.write_text(json.dumps(form))
+    assert parse("--params", str(path)).kind == "classification"
+    assert parse("--params", str(path), "--kind", "moderation", "--labels", "").kind == "moderation"
+
+
 def test_only_flags_given_override_the_file_not_their_defaults(tmp_path: Path) -> None:
     path = tmp_path / "params.json"
     path.write_text(json.dumps(FROM_FILE))

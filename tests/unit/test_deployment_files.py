@@ -83,3 +83,29 @@ def test_the_form_schema_refuses_what_the_parameters_refuse() -> None:
             validate({"params": base | extra}, schema, raise_on_error=True, preprocess=True)
         with pytest.raises(ValueError):
             EnrichParams.model_validate(base | extra)
+
+
+def test_parameters_in_the_python_shape_are_sent_in_the_forms() -> None:
+    """The reconcile flow adopts a run by creating a new one from its deployment: parameters
+    held in the Python shape (kind beside options, nulls) are sent in the form's shape."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.enrich import enrich
+    from flows.reconcile import form_parameters
+
+    schema = parameter_schema(enrich.fn).model_dump_for_openapi()
+    python_shape = EnrichParams.model_validate(
+        {
+            "input": "/in.parquet",
+            "output": "/out",
+            "id_column": "id",
+            "text_column": "text",
+            "kind": "classification",
+            "options": {"labels": ["a", "b"]},
+        }
+    ).model_dump(mode="json")
+    sent = form_parameters({"params": python_shape})
+    validate(sent, schema, raise_on_error=True, preprocess=True)
+    assert sent["params"]["options"] == {"kind": "classification", "labels": ["a", "b"]}
+    assert EnrichParams.model_validate(sent["params"]) == EnrichParams.model_validate(python_shape)
