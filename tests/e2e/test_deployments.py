@@ -509,9 +509,13 @@ def test_a_suspended_run_frees_its_worker_and_resumes_with_no_new_job(stack: Sta
                 "POST", f"/deployments/{resumer['id']}/create_flow_run", json={"parameters": {}}
             )
             response.raise_for_status()
-            final = stack.wait_final(str(response.json()["id"]), timeout=120)
+            resumer_run = str(response.json()["id"])
+            final = stack.wait_final(resumer_run, timeout=120)
             if final != "CANCELLED":
                 break
+        if final != "COMPLETED":  # say why, for a failure seen only in CI
+            state = stack.call("GET", f"/flow_runs/{resumer_run}").json()["state"]
+            return f"{final}: {state.get('message')}\n" + "".join(stack.worker.output[-60:])
         return final
 
     assert resume_once() == "COMPLETED"
