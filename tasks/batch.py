@@ -298,11 +298,8 @@ def answered_texts(jobs: Sequence[JobRef], latest: dict[str, JobStatus]) -> tupl
         of += texts
         status = latest.get(job.job_id)
         if status is not None:
-            done += (
-                texts
-                * min(status.completed, status.total or job.requests)
-                // max(1, status.total or job.requests)
-            )
+            total = max(1, status.total or job.requests)
+            done += texts * min(status.completed, total) // total
     return done, of
 
 
