@@ -13,8 +13,9 @@ Each label lists extra words that speak for it (the label's own words always do)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -65,9 +66,25 @@ DEFAULT_CLASSIFIERS: dict[str, dict[str, dict[str, list[str]]]] = {
 }
 
 
+ModelNaming = Literal["alias", "version"]
+
+
 @dataclass(frozen=True)
 class Catalog:
+    """The classifiers served, and how model aliases behave.
+
+    ``aliases`` maps an alias to the version that answers it (``mistral-moderation-latest`` →
+    ``mistral-moderation-2411``): the version decides the answer (its categories, its vectors).
+    Whether the service *says* which version answered is uncertain, so both readings are
+    served: ``answer_model`` is what a response body's ``model`` names, ``job_model`` what a
+    job's ``model`` names once created (``alias``: the name asked for, as seen on the real
+    service for ``mistral-embed``; ``version``: the version behind it).
+    """
+
     classifiers: dict[str, dict[str, dict[str, list[str]]]]
+    aliases: dict[str, str] = field(default_factory=dict)
+    answer_model: ModelNaming = "alias"
+    job_model: ModelNaming = "alias"
 
     @classmethod
     def load(cls, path: Path | None) -> Catalog:
@@ -88,6 +105,28 @@ class Catalog:
                 for target, labels in targets.items()
             }
         return cls(classifiers)
+
+    def with_models(
+        self,
+        aliases: dict[str, str],
+        answer_model: ModelNaming = "alias",
+        job_model: ModelNaming = "alias",
+    ) -> Catalog:
+        return replace(self, aliases=aliases, answer_model=answer_model, job_model=job_model)
+
+    def version(self, model: str) -> str:
+        """The version that answers ``model`` (itself unless it is a configured alias)."""
+        return self.aliases.get(model, model)
+
+    def answered_by(self, model: str) -> str:
+        """What a response body's ``model`` says for a request that asked for ``model``."""
+        return self.version(model) if self.answer_model == "version" else model
+
+    def job_named(self, model: str | None) -> str | None:
+        """What a job created for ``model`` reports as its ``model``."""
+        if model is None or self.job_model == "alias":
+            return model
+        return self.version(model)
 
     @staticmethod
     def is_chat_model(model: str) -> bool:

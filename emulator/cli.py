@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from emulator.catalog import ModelNaming
+
 app = typer.Typer(add_completion=False, help="Run the local Mistral API emulator.")
 
 
@@ -35,6 +37,24 @@ def emulator(
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Fine-tuned classifier models (YAML/JSON)."),
     ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ALIAS=VERSION: the version that answers a model alias "
+            "(e.g. mistral-moderation-latest=mistral-moderation-2411). Repeatable."
+        ),
+    ] = None,
+    answer_model: Annotated[
+        ModelNaming,
+        typer.Option(
+            help="What a response body's `model` names: the alias asked for, or the "
+            "version that answered."
+        ),
+    ] = "alias",
+    job_model: Annotated[
+        ModelNaming,
+        typer.Option(help="What a created job's `model` names: the alias, or its version."),
+    ] = "alias",
     queue_seconds: Annotated[float, typer.Option(help="Seconds a job stays QUEUED.")] = 0.5,
     requests_per_second: Annotated[
         float, typer.Option(help="Requests a job processes per second; 0: as fast as possible.")
@@ -59,7 +79,8 @@ def emulator(
 
     try:
         plan = FaultPlan.load(faults) if faults else FaultPlan()
-        catalog = Catalog.load(classifiers)
+        aliases = dict(_alias(a) for a in alias or [])
+        catalog = Catalog.load(classifiers).with_models(aliases, answer_model, job_model)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     config = EmulatorConfig(
@@ -76,6 +97,13 @@ def emulator(
         pending_requests_limit=pending_requests_limit,
     )
     serve(config, host, port, access_log=access_log)
+
+
+def _alias(text: str) -> tuple[str, str]:
+    name, sep, version = text.partition("=")
+    if not sep or not name.strip() or not version.strip():
+        raise ValueError(f"--alias {text!r}: write it ALIAS=VERSION")
+    return name.strip(), version.strip()
 
 
 def main() -> None:

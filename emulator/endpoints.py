@@ -199,8 +199,12 @@ class Engine:
             body = {**body, "model": default_model}
         try:
             request = request_model.model_validate(body)
+            asked = request.model  # type: ignore[attr-defined]
+            # The version behind an alias answers; the body names the alias or the version.
+            request = request.model_copy(update={"model": self.catalog.version(asked)})
             handler = getattr(self, "_" + endpoint.removeprefix("/v1/").replace("/", "_"))
-            return 200, handler(request)
+            answer = handler(request)
+            return 200, {**answer, "model": self.catalog.answered_by(asked)}
         except ValidationError as exc:
             return 422, validation_detail(exc)
         except ApiError as exc:

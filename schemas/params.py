@@ -49,6 +49,15 @@ class OnCancel(StrEnum):
     detach = "detach"  # leave them running; a later run with the same input reattaches
 
 
+class MixedVersions(StrEnum):
+    """What a run does when its partition's results came from different versions of the model
+    (an alias such as ``mistral-moderation-latest`` moved between two runs, or during one)."""
+
+    resend = "resend"  # send the rows answered by older versions again; one version published
+    refuse = "refuse"  # fail before publishing, naming the versions; a rerun reuses the jobs
+    accept = "accept"  # publish as they are; the manifest and summary list the versions
+
+
 class WaitMode(StrEnum):
     """How a run waits for its Mistral jobs (hours on the real service)."""
 
@@ -169,6 +178,12 @@ class EnrichParams(BaseModel):
         default=OnCancel.cancel,
         description="When the flow run is cancelled: cancel its Mistral jobs, or detach "
         "(leave them running for a later run to reattach).",
+    )
+    on_mixed_versions: MixedVersions = Field(
+        default=MixedVersions.resend,
+        description="When the service reports that a partition's results came from different "
+        "versions of the model (an alias moved): resend the rows of older versions (within "
+        "max_cost_usd), refuse to publish, or accept and list the versions in the manifest.",
     )
     keep_staging: bool = Field(
         default=False,

@@ -27,6 +27,7 @@ class PlanRef(_Ref):
     cache_hit_rows: int = 0  # rows whose result comes from the cache
     cache_hit_texts: int = 0
     cache_hit_tokens: int = 0  # prompt tokens the hits cost when they were sent
+    cache_version: str | None = None  # the version that answered the hits ("": not recorded)
 
 
 class Estimate(_Ref):
@@ -77,6 +78,7 @@ class JobOutcome(_Ref):
     failed: int
     errors: list[str] = Field(default_factory=list)
     input_files: list[str] = Field(default_factory=list)  # deleted from Mistral once collected
+    model: str | None = None  # the job's model as the service reports it (alias or version)
 
 
 class CollectRef(_Ref):
@@ -98,6 +100,7 @@ class CollectRef(_Ref):
     results_rows: int = 0  # rows of results_uri: a rerun checks the staged files against them
     failures_rows: int = 0
     expired: bool = False  # the job's results were gone: its texts are retried (paid again)
+    model_versions: dict[str, int] = Field(default_factory=dict)  # texts per answering version
 
 
 class WriteRef(_Ref):
@@ -112,6 +115,7 @@ class WriteRef(_Ref):
     rejected_rows: int
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
     cached_rows: int = 0  # enriched rows whose result came from the cache
+    model_versions: dict[str, int] = Field(default_factory=dict)  # enriched rows per version
     cache_add_uri: str | None = None  # this shard's new results, for the cache
     cache_add_rows: int = 0
     process: str = ""  # host:pid of the process that wrote it (Dask: a worker's)
@@ -183,5 +187,7 @@ class RunSummary(_Ref):
     cost_avoided_usd: float | None = None  # what the cache hits would have cost
     cache_added: int = 0  # results added to the cache by this run
     expired_jobs: int = 0  # finished jobs whose results expired: their texts were paid again
+    model_versions: dict[str, int] = Field(default_factory=dict)  # rows per answering version
+    resent_texts: int = 0  # texts sent again because an older model version had answered them
     step_seconds: dict[str, float] = Field(default_factory=dict)  # wall time per pipeline step
     processes: list[str] = Field(default_factory=list)  # host:pid of the processes that wrote

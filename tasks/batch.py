@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, JobOutcome, JobRef, PlanRef, ShardRef
+from tasks.core import versions
 from tasks.core.columns import TEXT_KEY
 from tasks.core.errors import TransientError
 from tasks.core.keys import artifact_key, job_key
@@ -83,16 +84,17 @@ def find_job(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[JobStatus | None, list[str]]:
-    """The newest usable job of this project with ``key`` (and the run's endpoint and model),
-    and the ids of expired ones. With ``settle_until`` (a clock time), a miss is retried until
-    then: a job whose creation was ambiguous may show in listings late."""
+    """The newest usable job of this project with ``key`` (and the run's endpoint), and the ids
+    of expired ones. The model is not matched: the key already names it, and a service may
+    report a job's model as the version behind the alias it was created with. With
+    ``settle_until`` (a clock time), a miss is retried until then: a job whose creation was
+    ambiguous may show in listings late."""
     while True:
         expired: list[str] = []
         for listed in api.find_jobs(
             {"enrich_key": key},
             created_after=_reattach_window(api, params),
             endpoint=params.endpoint,
-            model=params.model,
         ):
             job = JobStatus.of(listed)
             if usable(api, job):
@@ -406,7 +408,9 @@ def collect_results(
             output = errors = None
             expired = True
         failpoint("download")
-        parsed = parse(params, manifest, output, errors, outcome.job_id, outcome.status)
+        parsed = parse(
+            params, manifest, output, errors, outcome.job_id, outcome.status, outcome.model
+        )
     failures = parsed.failures
     if expired:
         failures = failures.with_columns(
@@ -440,6 +444,7 @@ def collect_results(
         results_rows=parsed.results.height,
         failures_rows=failures.height,
         expired=expired,
+        model_versions=versions.counts(parsed.results),
     )
     storage.write_json(record_uri, ref.model_dump())
     return ref
@@ -567,6 +572,7 @@ def wait(jobs: list[JobRef], params: EnrichParams, partition: str) -> list[JobOu
             failed=final[j.job_id].failed,
             errors=list(final[j.job_id].errors),
             input_files=list(final[j.job_id].input_files),
+            model=final[j.job_id].model,
         )
         for j in jobs
     ]

@@ -10,7 +10,14 @@ take their results from here. Layout, under the ``cache`` root::
         _pending/<run>-<id>.parquet    a run's additions between its gate and its publish
 
 Every file holds ``text_key``, ``text_key_2`` (the 128-bit key), ``tokens`` (prompt tokens the
-text cost), the result columns, ``batch_job_id`` and ``enriched_at`` (lineage).
+text cost), the result columns, ``batch_job_id``, ``enriched_at`` and ``model_version`` (lineage).
+
+Results are keyed by the version that answered them as well: the folder is the model the runs
+asked for (an alias such as ``mistral-moderation-latest``), and a lookup takes only entries of the
+newest version seen under it (the version of the most recent entry; files written before versions
+were recorded count as one unnamed version). When an alias moves, the old version's entries stop
+matching once a run has seen the new one; the run that first meets the move decides what to do
+with its mixed partition (``on_mixed_versions``).
 
 ``<scheme>`` names the key recipe and a canary of the hash function: if a new polars hashed
 differently, old entries would sit in another scheme folder and miss (paid once more, never a
@@ -48,6 +55,7 @@ from tasks.core.columns import (
     CACHE_KEY_2,
     CACHE_TOKENS,
     KEY_SCHEME,
+    MODEL_VERSION,
     TEXT_KEY,
     TEXT_KEY_2,
 )
@@ -60,6 +68,8 @@ KEY = CACHE_KEY
 KEY_2 = CACHE_KEY_2
 TOKENS = CACHE_TOKENS
 FILE = "_file"
+VERSION = MODEL_VERSION
+UNRECORDED = ""  # the version of entries written before versions were recorded
 PENDING = "_pending"
 OPTIONS_FILE = "_options.json"
 ROW_GROUP_ROWS = 16_384
@@ -135,16 +145,29 @@ def _older_than(uri: str, seconds: float) -> bool:
 
 
 def _key_table(files: list[str]) -> pl.DataFrame:
-    """Keys, tokens and the file index of every cache entry (no result columns are read)."""
+    """Keys, tokens, answering version, time and the file index of every cache entry (no
+    result columns are read)."""
     if not files:
         return pl.DataFrame(
-            schema={KEY: pl.UInt64, KEY_2: pl.UInt64, TOKENS: pl.Int64, FILE: pl.Int32}
+            schema={
+                KEY: pl.UInt64,
+                KEY_2: pl.UInt64,
+                TOKENS: pl.Int64,
+                VERSION: pl.String,
+                "enriched_at": pl.Datetime("us", "UTC"),
+                FILE: pl.Int32,
+            }
         )
     fs, _ = storage.arrow_filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
-    dataset = ds.dataset(paths, filesystem=fs, format="parquet")
     try:
-        table = dataset.to_table(columns=[KEY, KEY_2, TOKENS, "__fragment_index"])
+        # Older files lack the version column: the unified schema reads it as null there.
+        schema = pa.unify_schemas([_read_schema(f) for f in files], promote_options="permissive")
+        if VERSION not in schema.names:
+            schema = schema.append(pa.field(VERSION, pa.string()))
+        dataset = ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
+        wanted = [KEY, KEY_2, TOKENS, VERSION, "enriched_at", "__fragment_index"]
+        table = dataset.to_table(columns=wanted)
     except FileNotFoundError as exc:
         raise CacheFileGoneError(
             f"a cache file vanished while it was read ({exc}); a compaction probably ran. "
@@ -152,19 +175,32 @@ def _key_table(files: list[str]) -> pl.DataFrame:
         ) from exc
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame.rename({"__fragment_index": FILE}).with_columns(pl.col(FILE).cast(pl.Int32))
+    return frame.rename({"__fragment_index": FILE}).with_columns(
+        pl.col(FILE).cast(pl.Int32),
+        pl.col(VERSION).fill_null(UNRECORDED),
+        pl.col("enriched_at").cast(pl.Datetime("us", "UTC")),
+    )
+
+
+def newest_version(cached: pl.DataFrame) -> str:
+    """The version of the most recent entry: what the alias was last seen answering with."""
+    newest = cached.group_by(VERSION).agg(pl.col("enriched_at").max())
+    return str(newest.sort("enriched_at", nulls_last=False)[VERSION][-1])
 
 
 def lookup(location: str, keys: pl.LazyFrame) -> tuple[pl.DataFrame, list[str]]:
-    """Which of ``keys`` (``_text_key``, ``_text_key_2``) the cache holds.
+    """Which of ``keys`` (``_text_key``, ``_text_key_2``) the cache holds, answered by the
+    newest version it holds (``newest_version``).
 
-    Returns the hits (both keys, ``tokens``, ``_file`` = index into the returned file list) and
-    the file list. Reads only the key columns of the cache: 16 bytes and a token count per entry.
+    Returns the hits (both keys, ``tokens``, ``model_version``, ``_file`` = index into the
+    returned file list) and the file list. Reads only the key columns of the cache: 16 bytes,
+    a token count, a version and a time per entry.
     """
     files = data_files(location)
     cached = _key_table(files)
     if cached.height == 0:
-        return cached.rename({KEY: TEXT_KEY, KEY_2: TEXT_KEY_2}), files
+        return cached.drop("enriched_at").rename({KEY: TEXT_KEY, KEY_2: TEXT_KEY_2}), files
+    cached = cached.filter(pl.col(VERSION) == newest_version(cached)).drop("enriched_at")
     wanted = keys.select(TEXT_KEY, TEXT_KEY_2).unique().collect()
     hits = (
         cached.lazy()
@@ -196,7 +232,9 @@ def _row_groups_with(parquet: pq.ParquetFile, sorted_keys: np.ndarray) -> list[i
 def read_hits(uri: str, hits: pl.DataFrame) -> Iterator[pl.DataFrame]:
     """The cached rows of ``uri`` whose keys are in ``hits``, a row group at a time."""
     fs, path = storage.arrow_filesystem(uri)
-    wanted = hits.select(pl.col(TEXT_KEY).alias(KEY), pl.col(TEXT_KEY_2).alias(KEY_2))
+    wanted = hits.select(
+        pl.col(TEXT_KEY).alias(KEY), pl.col(TEXT_KEY_2).alias(KEY_2), pl.col(VERSION)
+    )
     sorted_keys = np.sort(wanted[KEY].to_numpy())
     try:
         handle = fs.open_input_file(path)
@@ -211,7 +249,13 @@ def read_hits(uri: str, hits: pl.DataFrame) -> Iterator[pl.DataFrame]:
         for group in _row_groups_with(parquet, sorted_keys):
             frame = pl.from_arrow(parquet.read_row_group(group))
             assert isinstance(frame, pl.DataFrame)
-            found = frame.join(wanted, on=[KEY, KEY_2], how="semi")
+            version = pl.col(VERSION) if VERSION in frame.columns else pl.lit(None, pl.String)
+            found = frame.join(
+                wanted,
+                left_on=[KEY, KEY_2, version.fill_null(UNRECORDED)],
+                right_on=[KEY, KEY_2, VERSION],
+                how="semi",
+            )
             if found.height:
                 yield found
 
@@ -367,7 +411,8 @@ def purge(root: str, kind: str | None = None, model: str | None = None) -> list[
 
 
 def compact(location: str) -> tuple[int, int, int]:
-    """Rewrite one folder's files as few files with unique keys, sorted by key (so lookups of
+    """Rewrite one folder's files as few files with unique keys (a key per answering version),
+    sorted by key (so lookups of
     few hits skip most row groups). Streams: memory holds one key bucket (~256 MB) at a time.
     Returns (files before, entries before, entries after)."""
     files = data_files(location)
@@ -418,7 +463,7 @@ def compact(location: str) -> tuple[int, int, int]:
             frame = (
                 frame.drop("_b", strict=False)
                 .sort("enriched_at", nulls_last=False)
-                .unique([KEY, KEY_2], keep="last")
+                .unique([KEY, KEY_2, *([VERSION] if VERSION in frame.columns else [])], keep="last")
                 .sort(KEY)
             )
             entries_after += frame.height

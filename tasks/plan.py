@@ -173,6 +173,7 @@ def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dic
         "cache_hit_rows": hit_rows,
         "cache_hit_texts": hits.height,
         "cache_hit_tokens": int(hits[cache.TOKENS].sum() or 0),
+        "cache_version": str(hits[cache.VERSION][0]),  # one version: the lookup's newest
     }
 
 

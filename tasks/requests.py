@@ -27,9 +27,11 @@ from tasks.edges.tokens import TOKENS
 from tasks.memory import on_shard_slot
 
 
-def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame:
-    """The unique normalised texts of a shard that the cache does not hold, sorted by key; a
-    hash collision is refused, not guessed."""
+def shard_texts(
+    plan: PlanRef, params: EnrichParams, shard: int, *, include_cached: bool = False
+) -> pl.DataFrame:
+    """The unique normalised texts of a shard that the cache does not hold (every one with
+    ``include_cached``), sorted by key; a hash collision is refused, not guessed."""
     if not storage.exists(Staging(plan.staging).rows(shard)):  # no row hashed into this shard
         return pl.DataFrame(schema={TEXT_KEY: pl.UInt64, params.text_column: pl.String})
     rows = storage.scan_parquet(Staging(plan.staging).rows(shard))
@@ -38,7 +40,7 @@ def shard_texts(plan: PlanRef, params: EnrichParams, shard: int) -> pl.DataFrame
         .select(TEXT_KEY, TEXT_KEY_2, normalised(params))
         .unique(maintain_order=False)
     )
-    if plan.hits_uri:
+    if plan.hits_uri and not include_cached:
         hits = (
             storage.scan_parquet(plan.hits_uri)
             .filter(pl.col(BUCKET) == shard)

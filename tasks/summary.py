@@ -17,7 +17,7 @@ from schemas.refs import (
 )
 from schemas.tables import REJECT_REASONS
 from tasks import cost
-from tasks.core import keys, pricing
+from tasks.core import keys, pricing, versions
 from tasks.core.ledger import RunLedger
 
 
@@ -93,11 +93,22 @@ def summarize(
         expired_jobs=len(
             {i for j in jobs for i in j.expired_jobs} | {c.job_id for c in collected if c.expired}
         ),
+        model_versions=versions.add(*(w.model_versions for w in written)),
+        resent_texts=ledger.resent_texts,
     )
 
 
 def _usd(value: float | None) -> str:
     return "unknown" if value is None else pricing.usd(value)
+
+
+def _versions_line(summary: RunSummary) -> str:
+    """Which model versions answered the rows; a mix is said in capitals."""
+    named = versions.describe(summary.model_versions, "rows") or "none"
+    resent = f"; {summary.resent_texts:,} texts sent again" if summary.resent_texts else ""
+    if len(summary.model_versions) > 1:
+        return f"| model versions | MIXED: {named}{resent} |"
+    return f"| model version | {named}{resent} |"
 
 
 def to_markdown(
@@ -134,6 +145,7 @@ def to_markdown(
         f"{estimated.completion_tokens:,} completion: {_usd(estimated.cost_usd)} |",
         f"| tokens, actual | {summary.prompt_tokens:,} prompt, {summary.completion_tokens:,} "
         f"completion: {_usd(summary.actual_cost_usd)} |",
+        _versions_line(summary),
         f"| added to the cache | {summary.cache_added:,} results |",
         f"| duplicated answer lines | {summary.duplicate_lines} |",
         f"| duration | {summary.duration_seconds:,.1f} s |",

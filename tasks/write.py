@@ -18,6 +18,7 @@ from prefect import task
 from schemas.params import EnrichParams
 from schemas.refs import CollectRef, PlanRef, WriteRef
 from tasks import cache
+from tasks.core import versions
 from tasks.core.checks import derive
 from tasks.core.columns import BUCKET, TEXT_KEY
 from tasks.core.joins import cache_additions, enrich_rows
@@ -42,19 +43,24 @@ def cached_results(plan: PlanRef, shard: int) -> pl.DataFrame:
 def merge_attempts(
     collected: list[CollectRef], enriched_at: datetime
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Results of every attempt, and each failed text's last failure with its attempt count."""
+    """Results of every attempt (a text answered twice, by a re-send after its model version
+    changed, keeps its latest answer), and each failed text's last failure with its attempt
+    count."""
     stamp = pl.lit(enriched_at).cast(pl.Datetime("us", "UTC")).alias("enriched_at")
     results = [
         storage.read_parquet(c.results_uri).with_columns(
-            stamp, pl.lit("batch").alias("result_source")
+            stamp, pl.lit("batch").alias("result_source"), pl.lit(c.attempt).alias("_attempt")
         )
-        for c in collected
+        for c in sorted(collected, key=lambda c: c.attempt)
     ]
     failures = [
         storage.read_parquet(c.failures_uri).with_columns(pl.lit(c.attempt).alias("_attempt"))
         for c in collected
     ]
     ok = pl.concat(results, how="diagonal_relaxed") if results else pl.DataFrame()
+    if ok.height and ok[TEXT_KEY].is_duplicated().any():  # in attempt order: the last wins
+        ok = ok.unique(TEXT_KEY, keep="last", maintain_order=True)
+    ok = ok.drop("_attempt", strict=False)
     failed = pl.concat(failures, how="diagonal_relaxed") if failures else pl.DataFrame()
     if failed.height:
         attempts = failed.group_by(TEXT_KEY).agg(pl.len().cast(pl.Int32).alias("attempts"))
@@ -82,6 +88,8 @@ def write_shard(
     rows = storage.scan_parquet(Staging(plan.staging).rows(shard)).collect()
     fresh, failed = merge_attempts(collected, enriched_at)
     cached = cached_results(plan, shard)
+    if cached.height and fresh.height:  # a cached text re-sent for its model version
+        cached = cached.join(fresh.select(TEXT_KEY), on=TEXT_KEY, how="anti")
     parts = [f for f in (fresh, cached) if f.height]
     results = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
     if cached.height and failed.height:  # a text is never both: the cache answered it
@@ -90,7 +98,7 @@ def write_shard(
     cache_add_uri, cache_add_rows = None, 0
     if plan.cache_folder and fresh.height:
         cache_add_uri = Staging(plan.staging).staged("cache-add", shard)
-        additions = cache_additions(rows, fresh)
+        additions = cache_additions(rows, fresh, params)
         storage.write_parquet(additions.to_arrow(), cache_add_uri)
         cache_add_rows = additions.height
     enriched_uri = checks_uri = rejected_uri = None
@@ -127,6 +135,7 @@ def write_shard(
         rejected_rows=rejected.height,
         rejected_by_reason=by_reason,
         cached_rows=int((enriched["result_source"] == "cache").sum()) if enriched.height else 0,
+        model_versions=versions.counts(enriched),
         cache_add_uri=cache_add_uri,
         cache_add_rows=cache_add_rows,
         process=_here(),  # which process wrote it: the flow's, or a Dask worker

@@ -105,7 +105,7 @@ async def create_job(spec: CreateBatchJob, backend: Emulated) -> Response:
         input_files=list(spec.input_files or []),
         metadata=spec.metadata,
         endpoint=spec.endpoint,
-        model=spec.model,
+        model=backend.engine.catalog.job_named(spec.model),
         agent_id=spec.agent_id,
         created_at=int(now),
         created_at_precise=now,

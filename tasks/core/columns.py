@@ -9,3 +9,5 @@ KEY_SCHEME = 1  # bump when the key recipe changes: every cached entry then miss
 CACHE_KEY = "text_key"
 CACHE_KEY_2 = "text_key_2"
 CACHE_TOKENS = "tokens"
+# Published beside ``model`` (the name asked for): the version the service says answered.
+MODEL_VERSION = "model_version"

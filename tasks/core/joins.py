@@ -14,6 +14,7 @@ from tasks.core.columns import (
     CACHE_KEY,
     CACHE_KEY_2,
     CACHE_TOKENS,
+    MODEL_VERSION,
     REJECT,
     TEXT_KEY,
     TEXT_KEY_2,
@@ -28,7 +29,15 @@ class LostRowsError(TerminalError):
 _INTERNAL = (TEXT_KEY, TEXT_KEY_2, REJECT, BUCKET)
 
 
-_LINEAGE = (TEXT_KEY, "batch_job_id", "enriched_at", "result_source", "_tokens")
+_LINEAGE = (TEXT_KEY, "batch_job_id", "enriched_at", "result_source", "_tokens", MODEL_VERSION)
+
+
+def answering_version(results: pl.DataFrame, params: EnrichParams) -> pl.Expr:
+    """The version that answered each result; results from before versions were recorded
+    (older cache entries) count as answered by the model the run asked for."""
+    if MODEL_VERSION not in results.columns:
+        return pl.lit(params.model).alias(MODEL_VERSION)
+    return pl.col(MODEL_VERSION).fill_null(params.model).alias(MODEL_VERSION)
 
 
 def enrich_rows(
@@ -52,6 +61,7 @@ def enrich_rows(
             *result_columns,
             pl.col("enriched_at").cast(pl.Datetime("us", "UTC")),
             pl.lit(params.model).alias("model"),
+            answering_version(results, params),
             "batch_job_id",
             "result_source",
         )
@@ -87,8 +97,9 @@ def enrich_rows(
     return enriched, rejected
 
 
-def cache_additions(rows: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
-    """New results in the cache's shape: both keys, prompt tokens, results, lineage."""
+def cache_additions(rows: pl.DataFrame, fresh: pl.DataFrame, params: EnrichParams) -> pl.DataFrame:
+    """New results in the cache's shape: both keys, prompt tokens, results, lineage (the
+    answering version included: the cache keys results by it)."""
     keys = rows.select(TEXT_KEY, TEXT_KEY_2).unique(TEXT_KEY)
     results = fresh.unique(TEXT_KEY, keep="first").join(keys, on=TEXT_KEY, how="inner")
     result_columns = [c for c in fresh.columns if c not in _LINEAGE]
@@ -101,4 +112,5 @@ def cache_additions(rows: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
         *result_columns,
         "batch_job_id",
         pl.col("enriched_at").cast(pl.Datetime("us", "UTC")),
+        answering_version(results, params),
     ).sort(CACHE_KEY)

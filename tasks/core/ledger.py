@@ -21,6 +21,7 @@ class RunLedger:
     collected: list[CollectRef] = field(default_factory=list)
     latest: list[CollectRef] = field(default_factory=list)
     spent: float | None = None
+    resent_texts: int = 0  # texts sent again because an older model version had answered them
 
     def __post_init__(self) -> None:
         self.spent = self.estimate.cost_usd
@@ -39,6 +40,10 @@ class RunLedger:
     def unsent(self, collected: list[CollectRef]) -> None:
         """Shards recorded without a job (every text over the model's context)."""
         self.collected += collected
+
+    def next_attempt(self) -> int:
+        """The number of the next attempt (retry or re-send): one more than any so far."""
+        return 1 + max((s.attempt for s in self.shards), default=0)
 
     def to_retry(self) -> list[CollectRef]:
         """The last attempt's shards with texts that failed transiently."""

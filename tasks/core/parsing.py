@@ -19,7 +19,7 @@ import polars as pl
 import kinds
 from kinds import ANSWER_ERROR, Kind
 from schemas.params import EnrichParams, KindOptions
-from tasks.core.columns import TEXT_KEY
+from tasks.core.columns import MODEL_VERSION, TEXT_KEY
 from tasks.core.errors import TERMINAL_5XX, TRANSIENT_STATUS_CODES
 from tasks.core.packing import INPUT_CONTEXT_TOKENS
 
@@ -74,7 +74,7 @@ def _pieces(path: Path, size: int | None = None) -> Iterator[bytes]:
 def _line_schema(kind: Kind, sample: dict[str, Any]) -> dict[str, Any]:
     """The fields to read from an output line: the kind's body fields and the usage."""
     usage = pl.Struct({"prompt_tokens": pl.Int64, "completion_tokens": pl.Int64})
-    body = {"usage": usage, **kind.output_schema(sample)}
+    body = {"usage": usage, "model": pl.String, **kind.output_schema(sample)}
     return {
         "custom_id": pl.String,
         "response": pl.Struct({"status_code": pl.Int64, "body": pl.Struct(body)}),
@@ -84,7 +84,7 @@ def _line_schema(kind: Kind, sample: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Answers:
-    lines: pl.DataFrame  # custom_id of every answered line
+    lines: pl.DataFrame  # custom_id of every answered line, and the model its body names
     items: pl.DataFrame  # custom_id, position, the kind's result columns
     prompt_tokens: int
     completion_tokens: int
@@ -106,11 +106,11 @@ def read_answers(kind: Kind, options: KindOptions, output: Path | None) -> Answe
             usage = ok.select(body.struct.field("usage")).unnest("usage")
             prompt_tokens += int(usage["prompt_tokens"].sum() or 0)
             completion_tokens += int(usage["completion_tokens"].sum() or 0)
-            lines.append(ok.select("custom_id"))
+            lines.append(ok.select("custom_id", body.struct.field("model").alias(MODEL_VERSION)))
             items.append(kind.results(kind.items(body, ok), options))
     if not lines:
         return Answers(
-            pl.DataFrame(schema={"custom_id": pl.String}),
+            pl.DataFrame(schema={"custom_id": pl.String, MODEL_VERSION: pl.String}),
             pl.DataFrame(schema={"custom_id": pl.String, "position": pl.Int64}),
             prompt_tokens,
             completion_tokens,
@@ -179,11 +179,14 @@ def parse(
     errors: Path | None,
     job_id: str,
     job_status: str,
+    job_model: str | None = None,
 ) -> Parsed:
-    """Join a job's answers back to the manifest; see the module docstring."""
+    """Join a job's answers back to the manifest; see the module docstring. Each result
+    carries the model version that answered it: the one its response body names, else the
+    job's model, else the model the run asked for."""
     answers = read_answers(kinds.kind_of(params), params.options, output)
     lines, error_lines = answers.lines, _error_lines(errors)
-    answered = pl.concat([lines, error_lines.select("custom_id")])
+    answered = pl.concat([lines.select("custom_id"), error_lines.select("custom_id")])
     # The first answer wins: an output line before an error line for the same custom_id.
     items = answers.items
     if items.select(pl.struct(KEYS).is_duplicated().any()).item():
@@ -192,7 +195,10 @@ def parse(
     error_lines = error_lines.unique("custom_id", keep="first", maintain_order=True)
 
     usable, unusable = _split_unusable(items)
-    results = _results(manifest, usable, job_id)
+    versions = lines.unique("custom_id", keep="first").with_columns(
+        pl.col(MODEL_VERSION).fill_null(job_model or params.model)
+    )
+    results = _results(manifest, usable, job_id, versions)
     # Bookkeeping on narrow columns only: which inputs were answered, and how.
     narrow = manifest.join(
         items.select(*KEYS, pl.lit(True).alias("_present")), on=KEYS, how="left"
@@ -231,13 +237,24 @@ def _split_unusable(items: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return items.filter(~bad).drop(ANSWER_ERROR), unusable
 
 
-def _results(manifest: pl.DataFrame, items: pl.DataFrame, job_id: str) -> pl.DataFrame:
-    """The answered inputs with their result columns. The wide columns (vectors) are joined
-    once: every item comes from an answered line, so the inner join is exactly those inputs."""
+def _results(
+    manifest: pl.DataFrame, items: pl.DataFrame, job_id: str, versions: pl.DataFrame
+) -> pl.DataFrame:
+    """The answered inputs with their result columns and answering model version. The wide
+    columns (vectors) are joined once: every item comes from an answered line, so the inner
+    join is exactly those inputs."""
     result_cols = [c for c in items.columns if c not in KEYS]
     tokens = ["_tokens"] if "_tokens" in manifest.columns else []  # kept for the cache
-    return manifest.join(items, on=KEYS, how="inner").select(
-        TEXT_KEY, *result_cols, *tokens, pl.lit(job_id).alias("batch_job_id")
+    return (
+        manifest.join(items, on=KEYS, how="inner")
+        .join(versions, on="custom_id", how="left")
+        .select(
+            TEXT_KEY,
+            *result_cols,
+            *tokens,
+            pl.lit(job_id).alias("batch_job_id"),
+            MODEL_VERSION,
+        )
     )
 
 

@@ -112,6 +112,7 @@ class JobStatus:
     error_file: str | None
     errors: tuple[str, ...]
     input_files: tuple[str, ...] = ()
+    model: str | None = None  # what the service says the job runs: the alias, or its version
 
     @classmethod
     def of(cls, job: models.BatchJob) -> JobStatus:
@@ -126,6 +127,7 @@ class JobStatus:
             error_file=job.error_file if isinstance(job.error_file, str) else None,
             errors=tuple(e.message for e in job.errors),
             input_files=tuple(job.input_files or ()),
+            model=job.model if isinstance(job.model, str) else None,
         )
 
 

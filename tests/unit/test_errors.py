@@ -94,6 +94,7 @@ MARKS = {
     "tasks.core.pricing.PriceTableError": False,
     "tasks.publish.ValidationFailedError": False,
     "tasks.core.joins.LostRowsError": False,
+    "tasks.core.versions.MixedVersionsError": False,
 }
 
 
