@@ -3,13 +3,14 @@
 A kind says everything that differs between enrichments: the endpoint and default model, how a
 request body is built and how texts are packed into lines, what an answer looks like and which
 columns it becomes, what the validation gate derives and checks, what the estimate counts, and
-what is worth looking at in the published results. Nothing outside ``kinds/`` asks which kind
-it is handling. Pure logic: polars and pyarrow only.
+what is worth looking at in the published results, and what each result column means. Nothing
+outside ``kinds/`` asks which kind it is handling. Pure logic: polars and pyarrow only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +33,37 @@ class Packing:
     max_inputs: int = 512
     max_tokens: int = 16_384
     context_tokens: int = 8_192  # a longer text is refused before sending
+
+
+@dataclass(frozen=True)
+class Column:
+    """A published column as analysts read it: in the README's table and in the Parquet files'
+    field metadata. A ``<part>`` in ``name`` stands for a part read off the answer or the
+    options (``score_<name>``); the same ``<part>`` in ``description`` is then the column's own
+    part."""
+
+    name: str
+    type: str  # as the README shows it
+    description: str
+
+    def describe(self, name: str) -> str | None:
+        """The description of the column ``name``; None when this column's name does not fit."""
+        pieces = PART.split(self.name)  # literal, part, literal, part, ..., literal
+        pattern = "".join(
+            f"(?P<{piece}>.+)" if i % 2 else re.escape(piece) for i, piece in enumerate(pieces)
+        )
+        found = re.fullmatch(pattern, name)
+        if found is None:
+            return None
+        parts = found.groupdict()
+        return PART.sub(lambda part: parts.get(part[1], part[0]), self.description)
+
+    def parts(self) -> list[str]:
+        """The names of the ``<part>``s of the column's name."""
+        return PART.findall(self.name)
+
+
+PART = re.compile(r"<(\w+)>")
 
 
 class TextInput:
@@ -104,6 +136,7 @@ class Kind(ABC):
     tokenizer: ClassVar[str | None] = None  # None: the model's own
     named_results: ClassVar[bool] = False  # the answer's field names are read off the data
     vector_column: ClassVar[str | None] = None
+    columns: ClassVar[tuple[Column, ...]] = ()  # the result columns analysts read
 
     # Parameters ------------------------------------------------------------------------------
 
@@ -131,6 +164,18 @@ class Kind(ABC):
     def output_names(self, options: KindOptions) -> list[str]:
         """The columns this kind adds whose names are known before any answer."""
         return []
+
+    def describe_columns(self, names: list[str], options: KindOptions) -> dict[str, str]:
+        """The description of each of ``names`` that is one of this kind's result columns: by
+        default the first of ``columns`` whose name fits; a kind that can say more about a
+        run's column (the labels asked for, the vectors' length) does."""
+        found = {}
+        for name in names:
+            described = (column.describe(name) for column in self.columns)
+            description = next((d for d in described if d is not None), None)
+            if description is not None:
+                found[name] = description
+        return found
 
     # Requests --------------------------------------------------------------------------------
 

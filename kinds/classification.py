@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
-from kinds.base import StructuredChat, chat_content
+from kinds.base import Column, StructuredChat, chat_content
 from kinds.insight import Insight, bars, value_counts
 
 if TYPE_CHECKING:
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 DEFAULT_INSTRUCTIONS = (
     "Classify the user's text. Answer with the single label from the allowed set that fits best."
 )
+
+LABEL = "the label the model chose, one of {} (kept as answered: the validation gate checks it)"
 
 
 class Classification(StructuredChat):
@@ -34,6 +36,7 @@ class Classification(StructuredChat):
     suite = "classification"
     default_instructions = DEFAULT_INSTRUCTIONS
     max_answer_tokens = 64
+    columns = (Column("label", "string", LABEL.format("options.labels")),)
 
     def check(self, options: KindOptions) -> None:
         super().check(options)
@@ -49,6 +52,11 @@ class Classification(StructuredChat):
 
     def output_names(self, options: KindOptions) -> list[str]:
         return ["label"]
+
+    def describe_columns(self, names: list[str], options: KindOptions) -> dict[str, str]:
+        if "label" not in names:
+            return {}
+        return {"label": LABEL.format(", ".join(options.labels))}
 
     def answer_schema(self, options: KindOptions) -> dict[str, Any]:
         return {

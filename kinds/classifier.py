@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
-from kinds.base import Kind, Packing, first_result, json_body, named, results_items, score_range
+from kinds.base import (
+    Column,
+    Kind,
+    Packing,
+    first_result,
+    json_body,
+    named,
+    results_items,
+    score_range,
+)
 from kinds.insight import Insight, bars, value_counts
 
 if TYPE_CHECKING:
@@ -27,6 +36,19 @@ class Classifier(Kind):
     suite = "classifier"
     packing = Packing()
     named_results = True
+    columns = (
+        Column(
+            "<target>_label",
+            "string",
+            "the label of target <target> with the highest score (a target and its labels are "
+            "named as the classifier names them)",
+        ),
+        Column(
+            "<target>_score_<label>",
+            "float64",
+            "the classifier's score for label <label> of target <target>",
+        ),
+    )
 
     def model(self, options: KindOptions) -> str:
         model = options.classifier_model or options.model

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from kinds.base import Kind, Packing, json_body
+from kinds.base import Column, Kind, Packing, json_body
 from kinds.insight import Insight, histogram
 
 if TYPE_CHECKING:
@@ -34,6 +34,15 @@ class Embeddings(Kind):
     default_model = "mistral-embed"
     packing = Packing()
     vector_column = "embedding"
+    columns = (
+        Column(
+            "embedding",
+            "FixedSizeList(float32, dim)",
+            "the text's embedding: dim float32 values of L2 norm 1; dim is "
+            + ", ".join(f"{n} for {m}" for m, n in KNOWN_DIMENSIONS.items())
+            + ", or options.output_dimension",
+        ),
+    )
 
     def result_options(self, options: KindOptions) -> dict[str, Any]:
         if options.output_dimension is None:
@@ -42,6 +51,15 @@ class Embeddings(Kind):
 
     def output_names(self, options: KindOptions) -> list[str]:
         return ["embedding"]
+
+    def describe_columns(self, names: list[str], options: KindOptions) -> dict[str, str]:
+        if "embedding" not in names:
+            return {}
+        dimension = self._dimension(options)
+        values = "float32 values" if dimension is None else f"{dimension} float32 values"
+        return {
+            "embedding": f"the text's embedding by {self.model(options)}: {values} of L2 norm 1"
+        }
 
     def body(self, params: EnrichParams, inputs: pl.Expr) -> pl.Expr:
         fields = [inputs.alias("input")]
@@ -85,9 +103,12 @@ class Embeddings(Kind):
         }
 
     def vector_dimension(self, params: EnrichParams) -> int | None:
-        if params.options.output_dimension is not None:
-            return params.options.output_dimension
-        return KNOWN_DIMENSIONS.get(params.model.removesuffix("-latest"))
+        return self._dimension(params.options)
+
+    def _dimension(self, options: KindOptions) -> int | None:
+        if options.output_dimension is not None:
+            return options.output_dimension
+        return KNOWN_DIMENSIONS.get(self.model(options).removesuffix("-latest"))
 
     def insight(self, rows: PublishedRows, params: EnrichParams) -> list[Insight]:
         columns = [params.id_column, params.text_column, "embedding"]

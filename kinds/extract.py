@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
-from kinds.base import ANSWER_ERROR, GATE_ONLY, StructuredChat, chat_content
+from kinds.base import ANSWER_ERROR, GATE_ONLY, Column, StructuredChat, chat_content
 from kinds.insight import Insight, bars, value_counts
 
 if TYPE_CHECKING:
@@ -34,13 +34,20 @@ DEFAULT_INSTRUCTIONS = (
     "schema; use only what the text says."
 )
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
-RESERVED = frozenset({"enriched_at", "model", "batch_job_id", "result_source", "partition"})
+# ``schemas.tables``' lineage columns and partition (it imports kinds; a test keeps them equal).
+RESERVED = frozenset(
+    {"enriched_at", "model", "model_version", "batch_job_id", "result_source", "partition"}
+)
 TYPES: dict[str, pl.DataType] = {
     "string": pl.String(),
     "number": pl.Float64(),
     "integer": pl.Int64(),
     "boolean": pl.Boolean(),
 }
+PROPERTY = (
+    "property {} of options.json_schema, as the model extracted it; null when absent or not of "
+    "its type"
+)
 SAMPLE_VALUES: dict[str, Any] = {
     "string": "a short answer of about eight words or so",
     "number": 12345.678,
@@ -58,6 +65,7 @@ class Field:
     array: bool
     enum: tuple[Any, ...] | None
     required: bool
+    description: str | None = None  # the property's own, if the schema gives one
 
     @property
     def dtype(self) -> pl.DataType:
@@ -108,7 +116,15 @@ def _field(name: str, spec: Any, required: bool) -> Field:
             f"options.json_schema property {name!r}: every 'enum' value must be a {kind} "
             f"(got {enum!r})"
         )
-    return Field(name, kind, array, tuple(enum) if enum is not None else None, required)
+    described = spec.get("description", item.get("description"))
+    return Field(
+        name,
+        kind,
+        array,
+        tuple(enum) if enum is not None else None,
+        required,
+        described if isinstance(described, str) and described.strip() else None,
+    )
 
 
 def _fits(value: Any, kind: str) -> bool:
@@ -151,6 +167,15 @@ class Extract(StructuredChat):
     suite = "extract"
     default_instructions = DEFAULT_INSTRUCTIONS
     max_answer_tokens = MAX_ANSWER_TOKENS
+    columns = (
+        Column(
+            "<property>",
+            "string → string, number → float64, integer → int64, boolean → bool, an enum → "
+            "its values' type, an array → a list of those",
+            PROPERTY.format("<property>")
+            + " (the property's own description in the schema replaces this one)",
+        ),
+    )
 
     def check(self, options: KindOptions) -> None:
         super().check(options)
@@ -161,6 +186,13 @@ class Extract(StructuredChat):
 
     def output_names(self, options: KindOptions) -> list[str]:
         return [f.name for f in fields(options.json_schema)]
+
+    def describe_columns(self, names: list[str], options: KindOptions) -> dict[str, str]:
+        return {
+            f.name: f.description or PROPERTY.format(f.name)
+            for f in fields(options.json_schema)
+            if f.name in names
+        }
 
     def answer_schema(self, options: KindOptions) -> dict[str, Any]:
         return strict_schema(options.json_schema or {})

@@ -13,6 +13,7 @@ import polars as pl
 
 from kinds.base import (
     MESSAGES,
+    Column,
     Kind,
     Packing,
     first_result,
@@ -38,6 +39,16 @@ class Moderation(Kind):
     default_model = "mistral-moderation-latest"
     packing: ClassVar[Packing | None] = Packing()
     named_results = True
+    columns = (
+        Column("flagged", "bool", "whether the model flagged at least one category"),
+        Column(
+            "category_<name>",
+            "bool",
+            "whether the model flagged category <name> (a column per category the model "
+            "returns, named as it names them: 11 for mistral-moderation-latest)",
+        ),
+        Column("score_<name>", "float64", "the model's score for category <name>, 0 to 1"),
+    )
 
     def output_names(self, options: KindOptions) -> list[str]:
         return ["flagged"]

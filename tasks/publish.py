@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -29,9 +30,10 @@ from prefect.logging import get_logger, get_run_logger
 
 import kinds
 from kinds import GATE_ONLY
+from schemas import tables
 from schemas.params import EnrichParams
 from schemas.refs import GateRef, PlanRef, PublishRef, WriteRef
-from tasks.core import layout
+from tasks.core import layout, versions
 from tasks.core.errors import TerminalError
 from tasks.core.keys import artifact_key
 from tasks.core.layout import Layout, Staging
@@ -54,13 +56,15 @@ def combine(
     vectors: tuple[str, int] | None,
     after_part: Callable[[], None] | None = None,
     footer: dict[str, Any] | None = None,
+    describe: Callable[[list[str]], Mapping[str, str]] | None = None,
 ) -> int:
     """Stream staged parts into one Parquet file (a row group per part); returns its rows.
 
     The kind's vector column (``vectors``: name and length) becomes ``FixedSizeList(float32,
     length)`` here, once the gate has checked every vector has that length; the gate-only result
-    columns are left out. ``footer`` is stored in the file's key-value metadata. The
-    file is whole or absent: an error aborts it.
+    columns are left out. ``footer`` is stored in the file's key-value metadata, and each
+    column's description (``describe``: the file's column names to their descriptions) in its
+    field's metadata. The file is whole or absent: an error aborts it.
     """
     writer: pq.ParquetWriter | None = None
     rows = 0
@@ -72,6 +76,8 @@ def combine(
             table = frame.to_arrow()
             if writer is None:
                 schema = table.schema
+                if describe is not None:
+                    schema = _described(schema, describe(schema.names))
                 if footer is not None:
                     schema = schema.with_metadata({PUBLISH_KEY: json.dumps(footer).encode()})
                 writer = pq.ParquetWriter(
@@ -87,6 +93,27 @@ def combine(
         if writer is not None:
             writer.close()
     return rows
+
+
+def _described(schema: pa.Schema, descriptions: Mapping[str, str]) -> pa.Schema:
+    """``schema`` with each described field's description in the field's metadata."""
+    fields = [
+        field.with_metadata({tables.DESCRIPTION_KEY: descriptions[field.name].encode()})
+        if field.name in descriptions
+        else field
+        for field in schema
+    ]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _input_descriptions(params: EnrichParams, plan: PlanRef) -> dict[str, str]:
+    """The input columns' descriptions: the input's own (its schema is read again) or where
+    they were copied from."""
+    try:
+        schema: pa.Schema | None = storage.parquet_dataset(params.input).schema
+    except storage.InputNotFoundError:  # gone since the plan: its columns are still described
+        schema = None
+    return tables.input_descriptions(plan.input_columns, params.input, schema)
 
 
 def _published_vectors(params: EnrichParams, written: list[WriteRef]) -> tuple[str, int] | None:
@@ -123,8 +150,15 @@ def _manifest(record: dict[str, Any], data_uri: str | None) -> dict[str, Any]:
     counts = record["counts"] | {"published_rows": file.metadata.num_rows}
     return record | {
         "counts": counts,
-        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "schema": [
+            {"name": f.name, "type": str(f.type), "description": _description(f)} for f in schema
+        ],
     }
+
+
+def _description(field: pa.Field) -> str | None:
+    raw = (field.metadata or {}).get(tables.DESCRIPTION_KEY)
+    return raw.decode(errors="replace") if raw else None
 
 
 def _finish(params: EnrichParams, partition: str, record: dict[str, Any]) -> None:
@@ -196,6 +230,7 @@ def publish_run(
     for ref in written:
         for reason, count in ref.rejected_by_reason.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
+    model_versions = versions.add(*(w.model_versions for w in written))
     record: dict[str, Any] = {
         "run_id": run_id,
         "run_key": plan.run_key,
@@ -205,7 +240,13 @@ def publish_run(
         "partition": partition,
         "kind": params.kind.value,
         "model": params.model,
+        # The versions the service said answered the rows (the model itself where it names
+        # none); more than one only when on_mixed_versions=accept, or a re-send fell short.
+        "model_versions": model_versions,
+        "mixed_model_versions": len(model_versions) > 1,
         "options": params.result_options(),
+        "id_column": params.id_column,
+        "text_column": params.text_column,
         "counts": {
             "input_rows": plan.rows,
             "published_rows": sum(w.enriched_rows for w in written),
@@ -223,12 +264,17 @@ def publish_run(
     }
     repair_published(params, partition)
     staged_data = Staging(plan.staging).publish_data()
+    inputs = _input_descriptions(params, plan)
     rows = 0
     if enriched:
         vectors = _published_vectors(params, written)
-        rows = combine(enriched, staged_data, vectors, after_part, footer=record)
+        described = partial(tables.published_descriptions, inputs=inputs, params=params)
+        rows = combine(
+            enriched, staged_data, vectors, after_part, footer=record, describe=described
+        )
     if rejected_uri is not None:
-        combine(rejected, rejected_uri, None)
+        described = partial(tables.rejected_descriptions, inputs=inputs)
+        combine(rejected, rejected_uri, None, describe=described)
     storage.remove(Layout.of(params).success_marker(partition))
     if enriched:
         storage.move_into_place(staged_data, data_uri)
