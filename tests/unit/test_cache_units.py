@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.params import EnrichParams
-from schemas.refs import ShardRef
+from schemas.refs import CollectRef, ShardRef
 from tasks import cache
+from tasks.core import versions
 from tasks.core.columns import BUCKET, TEXT_KEY, TEXT_KEY_2
 from tasks.core.keys import text_keys
 from tasks.core.pricing import PriceTable, PriceTableError
@@ -217,3 +218,60 @@ def test_purge_by_kind_or_everything(tmp_path: Path) -> None:
     assert [f.kind for f in cache.folders(str(root))] == ["embeddings"]
     everything = runner.invoke(app, ["cache", "purge", "--cache", str(root), "--all"])
     assert everything.exit_code == 0 and not root.exists()
+
+
+def test_the_cache_keys_results_by_the_answering_version(tmp_path: Path) -> None:
+    """Entries of an older version (here: written before versions were recorded) stop matching
+    once the cache holds the newer one; compaction keeps both versions of a key."""
+    location = tmp_path / "cache"
+    location.mkdir()
+    write_cache_file(location / "old.parquet", np.arange(1, 101, dtype=np.uint64), stamp=1)
+    new = write_cache_file(location / "new.parquet", np.arange(51, 81, dtype=np.uint64), stamp=2)
+    new.with_columns(pl.lit("model-2603").alias(cache.VERSION)).write_parquet(
+        location / "new.parquet"
+    )
+    everything = np.arange(1, 101, dtype=np.uint64)
+    wanted = pl.DataFrame({TEXT_KEY: everything, TEXT_KEY_2: everything * np.uint64(3)})
+
+    hits, files = cache.lookup(str(location), wanted.lazy())
+    assert sorted(hits[TEXT_KEY].to_list()) == list(range(51, 81))  # the newest version only
+    assert set(hits[cache.VERSION]) == {"model-2603"}
+    fetched_to = tmp_path / "fetched"
+    copied = sum(
+        cache.fetch(f, i, hits.filter(pl.col(cache.FILE) == i), 1, str(fetched_to))
+        for i, f in enumerate(files)
+    )
+    assert copied == 30  # the same keys' older entries are not copied
+    fetched = pl.read_parquet(fetched_to / "**/*.parquet", hive_partitioning=False)
+    assert set(fetched[cache.VERSION]) == {"model-2603"}
+
+    assert cache.compact(str(location)) == (2, 130, 130)  # (key, version) is the unit
+    hits_after, _ = cache.lookup(str(location), wanted.lazy())
+    assert sorted(hits_after[TEXT_KEY].to_list()) == list(range(51, 81))
+
+
+def test_the_current_version_is_the_latest_attempts_majority() -> None:
+    def collected(attempt: int, **texts: int) -> CollectRef:
+        return CollectRef.model_validate(
+            {
+                "shard": 0,
+                "attempt": attempt,
+                "job_id": f"job-{attempt}",
+                "job_status": "SUCCESS",
+                "results_uri": "r",
+                "failures_uri": "f",
+                "succeeded_texts": sum(texts.values()),
+                "transient_failures": 0,
+                "terminal_failures": 0,
+                "missing_lines": 0,
+                "duplicate_lines": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "model_versions": texts,
+            }
+        )
+
+    assert versions.current([]) is None
+    assert versions.current([collected(0, v1=90, v2=10), collected(1, v2=3)]) == "v2"
+    assert versions.current([collected(0, v1=5, v2=5)]) == "v2"  # a tie: the later name
+    assert versions.add({"a": 1}, {"a": 2, "b": 1}) == {"a": 3, "b": 1}
