@@ -85,8 +85,7 @@ def find_job(
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[JobStatus | None, list[str]]:
     """The newest usable job of this project with ``key`` (and the run's endpoint), and the ids
-    of expired ones. The model is not matched: the key already names it, and a service may
-    report a job's model as the version behind the alias it was created with. With
+    of expired ones (``find_jobs`` says how the model is matched). With
     ``settle_until`` (a clock time), a miss is retried until then: a job whose creation was
     ambiguous may show in listings late."""
     while True:
@@ -95,6 +94,7 @@ def find_job(
             {"enrich_key": key},
             created_after=_reattach_window(api, params),
             endpoint=params.endpoint,
+            model=params.model,
         ):
             job = JobStatus.of(listed)
             if usable(api, job):
@@ -260,6 +260,7 @@ def submit_job(
             enrich_shard=shard.shard,
             enrich_attempt=shard.attempt,
             enrich_kind=params.kind.value,
+            enrich_model=params.model,  # the name asked for; the job's own may name a version
             enrich_input=params.input,
             enrich_output=params.output,
             enrich_partition=plan.partition,

@@ -227,20 +227,21 @@ class MistralGateway:
     ) -> list[models.BatchJob]:
         """This project's jobs carrying all of ``metadata`` (and the endpoint and model when
         given), newest first. Every listed job is checked here: the service's own filtering is
-        a speed-up, never trusted."""
+        a speed-up, never trusted. The model is the one the job was created for: its metadata
+        says (``enrich_model``), as the job's own ``model`` may name the version behind an
+        alias; so the listing is not filtered by model."""
         wanted = {PROJECT_KEY: PROJECT, **metadata}
         listed = self._list_jobs(
             f"Listing jobs with metadata {dict(metadata)}",
             created_after=created_after,
             metadata=wanted,
-            **({"model": model} if model else {}),
         )
         return [
             j
             for j in listed
             if all((j.metadata or {}).get(k) == v for k, v in wanted.items())
             and (endpoint is None or j.endpoint == endpoint)
-            and (model is None or j.model == model)
+            and (model is None or created_for(j, model))
         ]
 
     def create_job(
@@ -356,6 +357,13 @@ class MistralGateway:
                 f"Downloading file {file_id} stopped at {written} of {expected} bytes"
             )
         return written
+
+
+def created_for(job: models.BatchJob, model: str) -> bool:
+    """Whether ``job`` was created for ``model``: by its metadata, or (jobs created before the
+    metadata said so) by the model the service reports."""
+    asked = (job.metadata or {}).get("enrich_model")
+    return asked == model if asked is not None else job.model == model
 
 
 def job_metadata(key: str, **extra: Any) -> dict[str, str]:
