@@ -51,10 +51,11 @@ def test_embeddings_end_to_end(tmp_path: Path, mistral: EmulatorProcess) -> None
         "embedding",
         "enriched_at",
         "model",
+        "model_version",
         "batch_job_id",
         "result_source",
     ]
-    assert set(table["model"]) == {"mistral-embed"}
+    assert set(table["model"]) == set(table["model_version"]) == {"mistral-embed"}
     # Each row has its own text's vector: compare with a direct call for a few rows.
     client = Mistral(api_key=API_KEY, server_url=mistral.url)
     sample = table.sort("id").head(3)
