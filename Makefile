@@ -45,6 +45,7 @@ bench: install
 	.venv/bin/python benchmarks/local_overhead.py
 	.venv/bin/python benchmarks/validation.py
 	.venv/bin/python benchmarks/cache_lookup.py
+	.venv/bin/python benchmarks/similar.py
 	.venv/bin/python benchmarks/chaos.py --kills 9 --seed 1
 
 # The README's screenshots (docs/screenshots/*.png) from a real Prefect UI; needs Debian's chromium.

@@ -513,3 +513,149 @@ def cache_purge(
     removed = content_cache.purge(cache, kind.value if kind else None, model)
     entries = sum(f.entries for f in removed)
     typer.echo(f"Removed {len(removed)} cache folder(s), {entries:,} entries, from {cache}.")
+
+
+# The analysts' commands: the `enrich` package (similarity search, describe) on the command line.
+
+TableOption = Annotated[
+    str,
+    typer.Option(
+        "--table", help="The published table: a run's `output` (a folder or an s3:// URI)."
+    ),
+]
+WorkOption = Annotated[
+    str | None,
+    typer.Option(
+        "--work",
+        help="The run's `work` root, when it was not the default (_enrich/<name> beside the "
+        "table): where the manifests are.",
+    ),
+]
+StorageCredentialsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-credentials",
+        help="A prefect-aws AwsCredentials block for s3:// (default: the AWS_* variables).",
+    ),
+]
+
+
+def _answer(question: Callable[[], R]) -> R:
+    """``question()``, with its warnings printed and an analyst's mistake (a missing table, an
+    unknown id, a bad condition) ending the command with its message and exit code 1."""
+    import warnings
+
+    from tasks.core.errors import EnrichError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            answer = question()
+        except EnrichError as exc:
+            if not exc.expected:
+                raise
+            typer.echo(f"Failed: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, UserWarning):
+                    typer.echo(f"Warning: {warning.message}", err=True)
+    return answer
+
+
+@app.command("similar")
+def similar(
+    table: TableOption,
+    text: Annotated[
+        str | None,
+        typer.Option(
+            help="Find rows whose text means something close to this (embedded with the "
+            "table's model; cached locally, see ENRICH_QUERY_CACHE)."
+        ),
+    ] = None,
+    row_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id",
+            help="Find rows close to the row with this id (its own vector; it comes first, "
+            "with score 1.0).",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many rows.")] = 10,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="A SQL condition over the table's columns, applied before scoring, e.g. "
+            "\"team = 'billing' AND partition >= '2026-11-01'\"."
+        ),
+    ] = None,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option(metavar="A,B", help="Columns to show beside id and score (e.g. text)."),
+    ] = None,
+    partition: Annotated[
+        list[str] | None,
+        typer.Option(metavar="P", help="Only these partitions (repeat, or commas). Default: all."),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="The id column, for tables whose manifests do not record it."),
+    ] = None,
+    work: WorkOption = None,
+    storage_credentials: StorageCredentialsOption = None,
+) -> None:
+    """The k rows of an embeddings table nearest to a text or to a row (cosine similarity),
+    best first. Reads one row group at a time, whatever the table's size."""
+    import polars as pl
+
+    import enrich
+
+    found = _answer(
+        lambda: enrich.similar(
+            table,
+            text=text,
+            id=row_id,
+            k=k,
+            where=where,
+            columns=strings_value(columns or []),
+            partitions=strings_value(partition) if partition else None,
+            storage_credentials=storage_credentials,
+            id_column=id_column,
+            work=work,
+        )
+    )
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        fmt_str_lengths=80,
+        tbl_width_chars=160,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        float_precision=4,
+    ):
+        typer.echo(found)
+
+
+@app.command("describe")
+def describe(
+    table: TableOption,
+    partition: Annotated[
+        list[str] | None,
+        typer.Option(metavar="P", help="Only these partitions (repeat, or commas). Default: all."),
+    ] = None,
+    work: WorkOption = None,
+    storage_credentials: StorageCredentialsOption = None,
+) -> None:
+    """A published table at a glance: its columns and what they mean, rows per partition
+    (published, rejected, _SUCCESS), the models that answered, and the runs that wrote it."""
+    import enrich
+
+    described = _answer(
+        lambda: enrich.describe(
+            table,
+            partitions=strings_value(partition) if partition else None,
+            work=work,
+            storage_credentials=storage_credentials,
+        )
+    )
+    typer.echo(str(described))

@@ -338,6 +338,18 @@ class MistralGateway:
         except Exception as exc:
             raise _explain(exc, f"Reading batch job {job_id}") from exc
 
+    def embed(self, model: str, text: str, options: Mapping[str, Any]) -> tuple[list[float], str]:
+        """One direct ``/v1/embeddings`` call (a query text, not a batch): the vector, and the
+        model the answer names (the version behind an alias, where the service says it)."""
+        try:
+            answer = self._client.embeddings.create(model=model, inputs=[text], **dict(options))
+        except Exception as exc:
+            raise _explain(exc, f"Embedding the query text with {model}") from exc
+        embedding = answer.data[0].embedding
+        if not isinstance(embedding, list):
+            raise TerminalApiError(f"{model} answered no float vector for the query text")
+        return [float(x) for x in embedding], answer.model
+
     def download(self, file_id: str, target: Path) -> int:
         """Stream a file to ``target``; a transfer cut short raises a transient error."""
         expected: int | None = None

@@ -16,7 +16,7 @@ STEPS = tuple(
     f"tasks.{name}"
     for name in (
         "batch", "cache", "cost", "lease", "plan", "publish", "quota", "requests", "summary",
-        "validate", "write", "retry", "memory", "failpoints", "insight", "logs",
+        "validate", "write", "retry", "memory", "failpoints", "insight", "logs", "versions",
     )
 )  # fmt: skip
 FORBIDDEN = {
@@ -26,6 +26,9 @@ FORBIDDEN = {
     "schemas/": ("prefect", "flows", "tasks"),
     "emulator/": ("flows", "tasks", "schemas", "kinds"),
     "tasks/": ("flows",),
+    # The analysts' library runs in a plain Python session: storage, settings, the Mistral
+    # gateway and the pure core, never Prefect, a step, a flow or the emulator.
+    "enrich/": ("prefect", "flows", "deployments", "emulator", *STEPS),
 }
 
 
