@@ -96,7 +96,7 @@ def show(params: EnrichParams) -> None:
     preview = table.with_columns(pl.col(name).arr.head(4) for name in vectors)
     if "flagged" in table.columns:
         preview = pl.concat([preview.filter(pl.col("flagged")).head(3), preview.head(3)])
-    lineage = ("enriched_at", "model", "batch_job_id", "result_source")
+    lineage = ("enriched_at", "model", "model_version", "batch_job_id", "result_source")
     preview = preview.drop(*lineage, strict=False).head(6)
     with pl.Config(tbl_cols=8, fmt_str_lengths=60, tbl_width_chars=140):
         print(preview)
@@ -121,6 +121,25 @@ def nightly(output: Path, console: Console, verbose: bool) -> None:
         f"{summary.cache_hit_rows:,} rows from the cache, {summary.sent_texts:,} new texts sent "
         f"in {len(summary.jobs)} job(s); cost avoided ${summary.cost_avoided_usd or 0:,.6f}, "
         f"spent ${summary.actual_cost_usd or 0:,.6f} (list prices, schemas/prices.json)"
+    )
+
+
+def analyse(output: Path) -> None:
+    """What an analyst does next: the rows nearest to a text, and one view over the kinds."""
+    import enrich
+
+    os.environ.setdefault("ENRICH_QUERY_CACHE", str(DEMO_DIR / "queries"))
+    question = "my parcel arrived late and damaged"
+    tables = {p.kind.value: p.output for p in runs(DEMO_DIR / "input" / "comments.parquet", output)}
+    nearest = enrich.similar(tables["embeddings"], text=question, k=3, columns=["text"])
+    print(f'\n== enrich similar --table {tables["embeddings"]} --text "{question}" -k 3')
+    with pl.Config(fmt_str_lengths=70, tbl_width_chars=140):
+        print(nearest)
+    view = enrich.read(tables).collect()
+    flagged = view.filter(pl.col("flagged")).group_by("label").len().sort("label")
+    print(
+        f"\n== enrich.read(embeddings, moderation, classification): {view.height:,} rows, "
+        f"{view.width} columns; flagged rows per label: {dict(flagged.iter_rows())}"
     )
 
 
@@ -152,6 +171,7 @@ def main(verbose: bool = False) -> None:
         for params in runs(source, output):
             show(params)
         nightly(output, console, verbose)
+        analyse(output)
     finally:
         if emulator is not None:
             emulator.stop()
