@@ -90,11 +90,12 @@ class Sender:
             raise versions.MixedVersionsError(
                 versions.refusal(params, planned.partition, texts, target)
             )
+        attempt = ledger.next_attempt()
         built = build_resend_requests.map(
             unmapped(planned),
             unmapped(params),
             range(planned.shards),
-            unmapped(ledger.next_attempt()),
+            unmapped(attempt),
             unmapped(target),
             per_shard,
         ).result()
@@ -111,6 +112,7 @@ class Sender:
         )
         ledger.planned(shards)
         ledger.resent_texts += stale
+        ledger.resend_attempts.append(attempt)
         self.send(shards)
         self.retry()
 

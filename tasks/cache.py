@@ -182,25 +182,37 @@ def _key_table(files: list[str]) -> pl.DataFrame:
     )
 
 
-def newest_version(cached: pl.DataFrame) -> str:
-    """The version of the most recent entry: what the alias was last seen answering with."""
-    newest = cached.group_by(VERSION).agg(pl.col("enriched_at").max())
-    return str(newest.sort("enriched_at", nulls_last=False)[VERSION][-1])
+def _answered_by(model: str) -> pl.Expr:
+    """An entry's version; one written before versions were recorded counts as answered by
+    ``model``, the name the runs asked for (what the pipeline records where the service names
+    no version), so the entries of a service that names only the alias stay one version."""
+    recorded = pl.col(VERSION)
+    return pl.when(recorded == UNRECORDED).then(pl.lit(model)).otherwise(recorded)
 
 
-def lookup(location: str, keys: pl.LazyFrame) -> tuple[pl.DataFrame, list[str]]:
+def newest_version(cached: pl.DataFrame, model: str = UNRECORDED) -> str:
+    """The version of the most recent entry: what the alias was last seen answering with. One
+    run's additions share a time: on a tie, the greatest name (versions are named by date)."""
+    newest = cached.group_by(_answered_by(model).alias("_version")).agg(pl.col("enriched_at").max())
+    return str(newest.sort(["enriched_at", "_version"], nulls_last=False)["_version"][-1])
+
+
+def lookup(
+    location: str, keys: pl.LazyFrame, model: str = UNRECORDED
+) -> tuple[pl.DataFrame, list[str]]:
     """Which of ``keys`` (``_text_key``, ``_text_key_2``) the cache holds, answered by the
-    newest version it holds (``newest_version``).
+    newest version it holds (``newest_version``; ``model``: the name the runs asked for).
 
-    Returns the hits (both keys, ``tokens``, ``model_version``, ``_file`` = index into the
-    returned file list) and the file list. Reads only the key columns of the cache: 16 bytes,
-    a token count, a version and a time per entry.
+    Returns the hits (both keys, ``tokens``, ``model_version`` as stored, ``_file`` = index into
+    the returned file list) and the file list. Reads only the key columns of the cache: 16
+    bytes, a token count, a version and a time per entry.
     """
     files = data_files(location)
     cached = _key_table(files)
     if cached.height == 0:
         return cached.drop("enriched_at").rename({KEY: TEXT_KEY, KEY_2: TEXT_KEY_2}), files
-    cached = cached.filter(pl.col(VERSION) == newest_version(cached)).drop("enriched_at")
+    newest = newest_version(cached, model)
+    cached = cached.filter(_answered_by(model) == newest).drop("enriched_at")
     wanted = keys.select(TEXT_KEY, TEXT_KEY_2).unique().collect()
     hits = (
         cached.lazy()

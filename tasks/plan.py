@@ -129,7 +129,7 @@ def plan_run(params: EnrichParams, partition: str) -> PlanRef:
     found: dict[str, Any] = {}
     sendable = sum(rejected.values()) < rows
     if location is not None and params.cache_mode is CacheMode.use and sendable:
-        found = lookup_cache(location, rows_uri, staging, shards)
+        found = lookup_cache(location, rows_uri, staging, shards, params.model)
     return PlanRef(
         run_key=key,
         staging=staging,
@@ -145,7 +145,9 @@ def plan_run(params: EnrichParams, partition: str) -> PlanRef:
     )
 
 
-def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dict[str, Any]:
+def lookup_cache(
+    location: str, rows_uri: str, staging: str, shards: int, model: str
+) -> dict[str, Any]:
     """Find the rows' texts in the cache folder ``location``; the hits are written to staging
     and are not sent. Pending additions of a run that crashed after publishing are promoted
     first, so its results count."""
@@ -155,7 +157,7 @@ def lookup_cache(location: str, rows_uri: str, staging: str, shards: int) -> dic
         .filter(pl.col(REJECT).is_null())
         .drop(REJECT)
     )
-    hits, files = cache.lookup(location, keys.lazy())
+    hits, files = cache.lookup(location, keys.lazy(), model)
     if hits.height == 0:
         return {}
     hit_rows = keys.join(hits, on=[TEXT_KEY, TEXT_KEY_2], how="semi").height

@@ -126,7 +126,10 @@ def build_retry_requests(
     storage.use_credentials(params.storage_credentials)
     failures = storage.read_parquet(failures_uri)
     keys = failures.filter(pl.col("transient"))[TEXT_KEY]
-    texts = shard_texts(plan, params, shard).filter(pl.col(TEXT_KEY).is_in(keys.implode()))
+    # Every failed text was sent, cached ones too when an older model version answered them.
+    texts = shard_texts(plan, params, shard, include_cached=True).filter(
+        pl.col(TEXT_KEY).is_in(keys.implode())
+    )
     if texts.height == 0:
         return None
     return write_shard(build(texts, params, shard, attempt, TOKENS), plan, shard, attempt)

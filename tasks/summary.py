@@ -57,6 +57,12 @@ def summarize(
             by_reason[reason] = by_reason.get(reason, 0) + count
     answer_tokens = cost.completion_tokens_per_text(params)
     prices = cost.load_prices(params.price_table)
+    # Cached rows sent again for their model version were not taken from the cache after all.
+    cached_rows = plan.cache_hit_rows
+    if ledger.resent_texts and written:
+        cached_rows = sum(w.cached_rows for w in written)
+    used = cached_rows / plan.cache_hit_rows if plan.cache_hit_rows else 1.0
+    avoided = pricing.avoided(params, plan, prices, answer_tokens)
     prompt_tokens = sum(c.prompt_tokens for c in collected)
     completion_tokens = sum(c.completion_tokens for c in collected)
     return RunSummary(
@@ -73,21 +79,21 @@ def summarize(
         retried_texts=sum(
             c.succeeded_texts + c.transient_failures + c.terminal_failures
             for c in collected
-            if c.attempt > 0
+            if c.attempt > 0 and c.attempt not in ledger.resend_attempts
         ),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         duplicate_lines=sum(c.duplicate_lines for c in collected),
         duration_seconds=round(duration_seconds, 1),
         dry_run=dry_run,
-        cache_hit_rows=plan.cache_hit_rows,
+        cache_hit_rows=cached_rows,
         cache_hit_texts=plan.cache_hit_texts,
         sent_texts=sum(s.texts for s in shards if s.attempt == 0),
         estimated=ledger.estimate,
         actual_cost_usd=None
         if dry_run
         else prices.cost(params.model, prompt_tokens, completion_tokens),
-        cost_avoided_usd=pricing.avoided(params, plan, prices, answer_tokens),
+        cost_avoided_usd=None if avoided is None else avoided * used,
         cache_added=sum(w.cache_add_rows for w in written),
         processes=sorted({w.process for w in written if w.process}),
         expired_jobs=len(

@@ -34,8 +34,12 @@ def final_versions(
         else pl.DataFrame(schema={TEXT_KEY: pl.UInt64, MODEL_VERSION: pl.String})
     )
     if plan.hits_uri:
-        hits = storage.read_parquet(plan.hits_uri, columns=[TEXT_KEY, BUCKET, cache.VERSION])
-        from_cache = hits.filter(pl.col(BUCKET) == shard).select(TEXT_KEY, MODEL_VERSION)
+        from_cache = (  # sorted by bucket: row-group statistics skip the other shards' hits
+            storage.scan_parquet(plan.hits_uri)
+            .filter(pl.col(BUCKET) == shard)
+            .select(TEXT_KEY, pl.col(cache.VERSION).alias(MODEL_VERSION))
+            .collect()
+        )
         from_cache = from_cache.join(answered, on=TEXT_KEY, how="anti")
         answered = pl.concat([answered, from_cache])
     unnamed = (pl.col(MODEL_VERSION) == cache.UNRECORDED) | pl.col(MODEL_VERSION).is_null()

@@ -22,6 +22,7 @@ class RunLedger:
     latest: list[CollectRef] = field(default_factory=list)
     spent: float | None = None
     resent_texts: int = 0  # texts sent again because an older model version had answered them
+    resend_attempts: list[int] = field(default_factory=list)  # attempts that were such re-sends
 
     def __post_init__(self) -> None:
         self.spent = self.estimate.cost_usd

@@ -196,7 +196,7 @@ def parse(
 
     usable, unusable = _split_unusable(items)
     versions = lines.unique("custom_id", keep="first").with_columns(
-        pl.col(MODEL_VERSION).fill_null(job_model or params.model)
+        answered_by(pl.col(MODEL_VERSION), job_model, params.model)
     )
     results = _results(manifest, usable, job_id, versions)
     # Bookkeeping on narrow columns only: which inputs were answered, and how.
@@ -223,6 +223,14 @@ def parse(
         prompt_tokens=answers.prompt_tokens,
         completion_tokens=answers.completion_tokens,
     )
+
+
+def answered_by(named: pl.Expr, job_model: str | None, asked: str) -> pl.Expr:
+    """The version an answer came from: the one its body names, unless the body only repeats
+    the name asked for while the job names a version; else the job's; else the name asked for."""
+    job = job_model or asked
+    repeats_the_alias = named.is_null() | (named == asked)
+    return pl.when(repeats_the_alias).then(pl.lit(job)).otherwise(named).alias(MODEL_VERSION)
 
 
 def _split_unusable(items: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

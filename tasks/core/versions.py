@@ -42,14 +42,12 @@ def add(*many: dict[str, int]) -> dict[str, int]:
 
 
 def current(collected: list[CollectRef]) -> str | None:
-    """The version the model answers with now: the one that answered most texts in the latest
-    attempt that got answers (on a tie, the greatest name: versions are named by date).
-    None: nothing was answered by the service in this run."""
-    answered = [c for c in collected if c.model_versions]
-    if not answered:
+    """The version the model answers with now: the one that answered most of this run's texts
+    (on a tie, the greatest name: versions are named by date). A few retries answered during
+    a gradual rollout do not outweigh the run. None: the service answered nothing this run."""
+    texts = add(*(c.model_versions for c in collected))
+    if not texts:
         return None
-    latest = max(c.attempt for c in answered)
-    texts = add(*(c.model_versions for c in answered if c.attempt == latest))
     return max(texts, key=lambda version: (texts[version], version))
 
 

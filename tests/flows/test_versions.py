@@ -99,8 +99,9 @@ def test_an_alias_that_moved_is_resent_so_the_partition_has_one_version(
     second = moderation(write(tmp_path / "in" / "a.parquet", 40), out, "2026-12-02")
     summary = enrich(second)
     night_two = published(second)
-    assert summary.cache_hit_rows == 30  # the 2411 answers were found...
-    assert summary.resent_texts == 30  # ...and sent again, once the run met 2603
+    assert summary.resent_texts == 30  # the cached 2411 answers, sent again once 2603 answered
+    assert summary.cache_hit_rows == 0 and summary.cost_avoided_usd == 0  # none was used
+    assert summary.retried_texts == 0  # a re-send is not a retry
     assert summary.model_versions == {NEW: 40}
     assert night_two["model_version"].unique().to_list() == [NEW]
     assert night_two["score_jailbreaking"].null_count() == 0  # every row has 2603's categories

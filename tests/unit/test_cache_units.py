@@ -250,7 +250,7 @@ def test_the_cache_keys_results_by_the_answering_version(tmp_path: Path) -> None
     assert sorted(hits_after[TEXT_KEY].to_list()) == list(range(51, 81))
 
 
-def test_the_current_version_is_the_latest_attempts_majority() -> None:
+def test_the_current_version_is_the_runs_majority() -> None:
     def collected(attempt: int, **texts: int) -> CollectRef:
         return CollectRef.model_validate(
             {
@@ -272,6 +272,35 @@ def test_the_current_version_is_the_latest_attempts_majority() -> None:
         )
 
     assert versions.current([]) is None
-    assert versions.current([collected(0, v1=90, v2=10), collected(1, v2=3)]) == "v2"
+    assert versions.current([collected(0, v1=10, v2=90), collected(1, v1=3)]) == "v2"
+    assert versions.current([collected(0, v1=90), collected(1, v2=3)]) == "v1"
     assert versions.current([collected(0, v1=5, v2=5)]) == "v2"  # a tie: the later name
     assert versions.add({"a": 1}, {"a": 2, "b": 1}) == {"a": 3, "b": 1}
+
+
+def test_entries_from_before_versions_count_as_the_model_asked_for(tmp_path: Path) -> None:
+    """A service that names only the alias: entries written before versions were recorded and
+    entries recorded as the alias are one version, so neither hides the other."""
+    location = tmp_path / "cache"
+    location.mkdir()
+    write_cache_file(location / "old.parquet", np.arange(1, 101, dtype=np.uint64), stamp=1)
+    new = write_cache_file(location / "new.parquet", np.arange(91, 121, dtype=np.uint64), stamp=2)
+    new.with_columns(pl.lit("mistral-embed").alias(cache.VERSION)).write_parquet(
+        location / "new.parquet"
+    )
+    everything = np.arange(1, 121, dtype=np.uint64)
+    wanted = pl.DataFrame({TEXT_KEY: everything, TEXT_KEY_2: everything * np.uint64(3)})
+    hits, files = cache.lookup(str(location), wanted.lazy(), "mistral-embed")
+    assert sorted(hits[TEXT_KEY].to_list()) == list(range(1, 121))  # each key once
+    copied = sum(
+        cache.fetch(f, i, hits.filter(pl.col(cache.FILE) == i), 1, str(tmp_path / "out"))
+        for i, f in enumerate(files)
+    )
+    assert copied == 120
+
+
+def test_the_newest_version_is_decided_on_a_tie_by_its_name() -> None:
+    stamp = datetime.fromtimestamp(5, UTC)
+    for order in (["model-2411", "model-2603"], ["model-2603", "model-2411"]):
+        cached = pl.DataFrame({cache.VERSION: order, "enriched_at": [stamp, stamp]})
+        assert cache.newest_version(cached) == "model-2603"

@@ -20,6 +20,7 @@ from tasks.core.joins import LostRowsError, enrich_rows
 from tasks.core.keys import job_key, key_seeds, run_key, text_keys
 from tasks.core.layout import Layout, Staging
 from tasks.core.ledger import RunLedger
+from tasks.core.parsing import answered_by
 from tasks.core.pricing import BudgetExceededError, PriceTable, check_budget
 from tasks.core.quota import QuotaError, waves
 
@@ -348,3 +349,11 @@ def test_every_path_of_a_table_comes_from_one_layout(
 def test_dollars_print_with_the_precision_they_need(amount: float | None, shown: str) -> None:
     """A budget of $0.001 must not print as $0.00 (the issue's example)."""
     assert pricing.usd(amount) == shown
+
+
+def test_the_answering_version_prefers_what_names_a_version() -> None:
+    named = pl.DataFrame({"v": ["m-latest", "m-2603", None]})
+    by_job = named.select(answered_by(pl.col("v"), "m-2411", "m-latest"))["model_version"]
+    assert by_job.to_list() == ["m-2411", "m-2603", "m-2411"]
+    no_job = named.select(answered_by(pl.col("v"), None, "m-latest"))["model_version"]
+    assert no_job.to_list() == ["m-latest", "m-2603", "m-latest"]
