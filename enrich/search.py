@@ -111,7 +111,8 @@ def similar(
         ids = published.id_column(id_column)
         sources = [Source(p.value, open_parquet(p.data)) for p in published.with_data if p.data]
         schema = _schema(sources, published.uri)
-        unknown = [c for c in (ids, vector_column, *columns) if c not in schema]
+        shown = [c for c in dict.fromkeys(columns) if c not in (ids, "score", PARTITION_COLUMN)]
+        unknown = [c for c in (ids, vector_column, *shown) if c not in schema]
         if unknown:
             raise BadQueryError(
                 f"{published.uri} has no column {', '.join(map(repr, unknown))}; its columns "
@@ -123,7 +124,7 @@ def similar(
         else:
             query = vector_of(sources, id, ids, vector_column, schema[ids])
         hits = scan(sources, query, k, ids=ids, vector=vector_column, where=condition)
-        return hits.frame(sources, ids, [c for c in columns if c != PARTITION_COLUMN])
+        return hits.frame(sources, ids, shown)
 
     return with_storage_credentials(storage_credentials, search)
 
@@ -233,6 +234,7 @@ class Where:
     text: str
     expression: pl.Expr
     columns: tuple[str, ...]  # the file columns it reads (``partition`` is not one)
+    types: tuple[pa.DataType, ...]  # theirs: a partition published without one reads nulls
 
     @classmethod
     def parse(cls, text: str, schema: dict[str, pa.DataType]) -> Where:
@@ -250,12 +252,16 @@ class Where:
                 f"the columns are: {', '.join([*schema, PARTITION_COLUMN])}"
             )
         read = tuple(dict.fromkeys(n for n in names if n != PARTITION_COLUMN))
-        return cls(text, expression, read)
+        return cls(text, expression, read, tuple(schema[n] for n in read))
 
     def mask(self, rows: pa.RecordBatch, partition: str) -> np.ndarray:
         """Which of ``rows`` (holding at least ``columns``) meet the condition (a null answer
         does not)."""
-        read = pl.from_arrow(rows.select(list(self.columns)))
+        arrays = [
+            rows.column(name) if name in rows.schema.names else pa.nulls(rows.num_rows, kind)
+            for name, kind in zip(self.columns, self.types, strict=True)
+        ]
+        read = pl.from_arrow(pa.table(arrays, names=list(self.columns)))
         assert isinstance(read, pl.DataFrame)
         partitions = pl.repeat(partition, rows.num_rows, eager=True).alias(PARTITION_COLUMN)
         frame = read.with_columns(partitions) if read.width else partitions.to_frame()

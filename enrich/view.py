@@ -117,10 +117,13 @@ def _open(
 
 
 def _leading_inputs(published: PublishedTable, names: list[str]) -> tuple[str, ...] | None:
-    """The input columns: the publisher writes them first, then the kind's results, then the
-    lineage; so they are the columns before the first one the table's kind calls its own
-    (``Kind.describe_columns``, as the publisher describes them) or a lineage column. None when
-    the manifests name no kind this code knows."""
+    """The input columns: as the manifests record them (``input_columns``); for partitions
+    published before they did, the columns before the first one the table's kind calls its own
+    (``Kind.describe_columns``, as the publisher describes them) or a lineage column (the
+    publisher writes inputs, results, lineage in that order). None when neither can tell."""
+    recorded = [c for p in published.partitions for c in (p.get("input_columns") or [])]
+    if recorded:
+        return tuple(c for c in dict.fromkeys(recorded) if c in names)
     kind_name = published.kind()
     if kind_name not in kinds.REGISTRY:
         return None

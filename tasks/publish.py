@@ -247,6 +247,7 @@ def publish_run(
         "options": params.result_options(),
         "id_column": params.id_column,
         "text_column": params.text_column,
+        "input_columns": plan.input_columns,
         "counts": {
             "input_rows": plan.rows,
             "published_rows": sum(w.enriched_rows for w in written),

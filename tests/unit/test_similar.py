@@ -260,3 +260,64 @@ def test_a_column_an_older_partition_lacks_is_null_there(tmp_path: Path) -> None
     by_partition = found.group_by("partition").agg(pl.col("team").null_count()).sort("partition")
     assert by_partition.rows() == [(FIRST, 30), (SECOND, 0)]
     assert found.filter(pl.col("id") == 40)["text"].to_list() == ["text 40"]
+
+
+def test_a_column_an_older_partition_lacks_reads_as_null(tmp_path: Path) -> None:
+    """A condition or a shown column that only newer partitions have (``model_version`` next to
+    partitions published before it existed) does not fail: the older rows hold nulls."""
+    table = write_table(tmp_path, PARTS)
+    newer = Path(table, f"partition={SECOND}", "part-0.parquet")
+    rows = pq.read_table(newer)
+    versions = pa.array(["mistral-embed"] * rows.num_rows)
+    pq.write_table(rows.append_column("model_version", versions), newer, row_group_size=7)
+    found = enrich.similar(
+        table, id=1, k=50, where="model_version = 'mistral-embed'", columns=["model_version"]
+    )
+    assert set(found["partition"]) == {SECOND}  # the older rows' null does not match
+    shown = enrich.similar(table, id=1, k=3, columns=["partition", "id", "model_version"])
+    assert shown.columns == ["id", "score", "partition", "model_version"]
+    assert shown["model_version"][0] is None  # row 1 is in the older partition
+
+
+def published_table(root: Path, name: str, kind: str, columns: dict[str, Any]) -> str:
+    """A one-partition table of ``kind`` whose manifest records its input columns."""
+    folder = root / name / f"partition={FIRST}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table(columns), folder / "part-0.parquet")
+    record = {
+        "kind": kind,
+        "model": "m",
+        "options": {"kind": kind, "model": "m"},
+        "id_column": "id",
+        "input_columns": ["category_id", "id", "text"],
+        "counts": {"published_rows": 2, "rejected_rows": 0, "rejected_by_reason": {}},
+    }
+    manifest = root / "_enrich" / name / "published" / f"partition={FIRST}"
+    manifest.mkdir(parents=True)
+    (manifest / "_manifest.json").write_text(json.dumps(record))
+    return str(root / name)
+
+
+def test_read_takes_the_input_columns_the_manifests_record(tmp_path: Path) -> None:
+    """An input column that looks like a result (``category_id`` beside moderation's
+    ``category_<name>``) stays an input column, once, unprefixed."""
+    inputs = {"category_id": [7, 8], "id": [1, 2], "text": ["a", "b"]}
+    flat = pa.array(np.ones(2 * DIM, np.float32))
+    vectors_of = pa.FixedSizeListArray.from_arrays(flat, DIM)
+    tables = {
+        "embeddings": published_table(
+            tmp_path, "e", "embeddings", inputs | {"embedding": vectors_of, "model": ["m"] * 2}
+        ),
+        "moderation": published_table(
+            tmp_path,
+            "m",
+            "moderation",
+            inputs | {"flagged": [True, False], "category_hate": [True, False], "model": ["m"] * 2},
+        ),
+    }
+    view = enrich.read(tables).collect()
+    assert view.columns[:3] == ["category_id", "id", "text"]
+    assert {"embedding", "flagged", "category_hate", "embeddings_model", "moderation_model"} <= set(
+        view.columns
+    )
+    assert view.height == 2 and "moderation_category_id" not in view.columns
