@@ -8,10 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from enrich.tables import Partition, PublishedTable, open_parquet, with_storage_credentials
-from schemas.tables import DESCRIPTION_KEY
+from schemas.tables import field_description
 from tasks.edges import storage
 
 NOT_RECORDED = "(not recorded)"
@@ -181,27 +179,17 @@ def _last(partitions: Sequence[Partition], key: str) -> Any:
 
 
 def _columns(partition: Partition) -> tuple[ColumnInfo, ...]:
-    described = {
-        entry["name"]: entry.get("description")
-        for entry in partition.get("schema") or []
-        if isinstance(entry, dict) and "name" in entry
-    }
+    entries = [e for e in partition.get("schema") or [] if isinstance(e, dict) and "name" in e]
     schema = partition.schema()
     if schema is None:  # every row rejected: the manifest's schema is all there is
         return tuple(
-            ColumnInfo(e["name"], str(e.get("type", "")), e.get("description"))
-            for e in partition.get("schema") or []
-            if isinstance(e, dict) and "name" in e
+            ColumnInfo(e["name"], str(e.get("type", "")), e.get("description")) for e in entries
         )
+    described = {e["name"]: e.get("description") for e in entries}
     return tuple(
-        ColumnInfo(f.name, str(f.type), _field_description(f) or described.get(f.name))
+        ColumnInfo(f.name, str(f.type), field_description(f) or described.get(f.name))
         for f in schema
     )
-
-
-def _field_description(field: pa.Field) -> str | None:
-    raw = (field.metadata or {}).get(DESCRIPTION_KEY)
-    return raw.decode(errors="replace") if raw else None
 
 
 def _partition(published: PublishedTable, partition: Partition) -> PartitionInfo:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from schemas import tables
 from schemas.params import EnrichParams
 from schemas.tables import PARTITION_COLUMN
-from tasks.core import layout
+from tasks.core import layout, versions
 from tasks.core.errors import TerminalError
 from tasks.core.layout import Layout
 from tasks.edges import storage
@@ -173,11 +173,7 @@ class PublishedTable:
 
     def model_versions(self) -> dict[str, int]:
         """Rows per answering model version over the partitions, where manifests record it."""
-        versions: dict[str, int] = {}
-        for partition in self.partitions:
-            for version, rows in (partition.get("model_versions") or {}).items():
-                versions[version] = versions.get(version, 0) + int(rows)
-        return versions
+        return versions.add(*(p.get("model_versions") or {} for p in self.partitions))
 
 
 def work_root(table: str, work: str | None) -> str:

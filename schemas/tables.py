@@ -113,12 +113,14 @@ REJECTED_COLUMNS: Final = (  # the columns of ``REJECTED``, described
 def input_descriptions(names: list[str], source: str, schema: pa.Schema | None) -> dict[str, str]:
     """Each input column's description: its own in the input (``schema``'s field metadata), else
     where it was copied from."""
-    own = {}
-    for field in schema or []:
-        text = (field.metadata or {}).get(DESCRIPTION_KEY, b"").decode(errors="replace")
-        if text.strip():
-            own[field.name] = text
+    own = {field.name: field_description(field) for field in schema or []}
     return {name: own.get(name) or INPUT.format(source) for name in names}
+
+
+def field_description(field: pa.Field) -> str | None:
+    """A Parquet field's description (its metadata's ``description``), None when it has none."""
+    text = (field.metadata or {}).get(DESCRIPTION_KEY, b"").decode(errors="replace")
+    return text if text.strip() else None
 
 
 def published_descriptions(

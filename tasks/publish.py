@@ -151,14 +151,10 @@ def _manifest(record: dict[str, Any], data_uri: str | None) -> dict[str, Any]:
     return record | {
         "counts": counts,
         "schema": [
-            {"name": f.name, "type": str(f.type), "description": _description(f)} for f in schema
+            {"name": f.name, "type": str(f.type), "description": tables.field_description(f)}
+            for f in schema
         ],
     }
-
-
-def _description(field: pa.Field) -> str | None:
-    raw = (field.metadata or {}).get(tables.DESCRIPTION_KEY)
-    return raw.decode(errors="replace") if raw else None
 
 
 def _finish(params: EnrichParams, partition: str, record: dict[str, Any]) -> None:

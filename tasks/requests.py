@@ -104,10 +104,27 @@ def first_attempt(plan: PlanRef, params: EnrichParams, shard: int) -> ShardRef |
     """The first attempt of a shard; None when the shard has no new text. A shard whose new
     texts are all over the model's context has 0 requests: it is recorded, never submitted."""
     storage.use_credentials(params.storage_credentials)  # a task of its own, maybe on Dask
-    texts = shard_texts(plan, params, shard)
+    return _attempt(shard_texts(plan, params, shard), plan, params, shard, 0)
+
+
+def follow_up(
+    plan: PlanRef, params: EnrichParams, shard: int, attempt: int, keys: pl.Series
+) -> ShardRef | None:
+    """An attempt for the shard's texts whose ``_text_key`` is in ``keys``: cached texts too, as
+    a retried text may be one sent again because an older model version answered it."""
+    texts = shard_texts(plan, params, shard, include_cached=True)
+    return _attempt(
+        texts.filter(pl.col(TEXT_KEY).is_in(keys.implode())), plan, params, shard, attempt
+    )
+
+
+def _attempt(
+    texts: pl.DataFrame, plan: PlanRef, params: EnrichParams, shard: int, attempt: int
+) -> ShardRef | None:
+    """The requests of attempt ``attempt`` for ``texts``; None when there are none."""
     if texts.height == 0:
         return None
-    return write_shard(build(texts, params, shard, 0, TOKENS), plan, shard, 0)
+    return write_shard(build(texts, params, shard, attempt, TOKENS), plan, shard, attempt)
 
 
 build_requests = task(name="build-requests", task_run_name="build-requests · shard {shard}")(
@@ -125,11 +142,4 @@ def build_retry_requests(
     """A follow-up attempt for the texts that failed transiently in the previous one."""
     storage.use_credentials(params.storage_credentials)
     failures = storage.read_parquet(failures_uri)
-    keys = failures.filter(pl.col("transient"))[TEXT_KEY]
-    # Every failed text was sent, cached ones too when an older model version answered them.
-    texts = shard_texts(plan, params, shard, include_cached=True).filter(
-        pl.col(TEXT_KEY).is_in(keys.implode())
-    )
-    if texts.height == 0:
-        return None
-    return write_shard(build(texts, params, shard, attempt, TOKENS), plan, shard, attempt)
+    return follow_up(plan, params, shard, attempt, failures.filter(pl.col("transient"))[TEXT_KEY])

@@ -11,11 +11,9 @@ from schemas.refs import CollectRef, PlanRef, ShardRef
 from tasks import cache
 from tasks.core import versions
 from tasks.core.columns import BUCKET, MODEL_VERSION, TEXT_KEY
-from tasks.core.packing import build
 from tasks.edges import storage
-from tasks.edges.tokens import TOKENS
 from tasks.memory import on_shard_slot
-from tasks.requests import shard_texts, write_shard
+from tasks.requests import follow_up
 
 
 def final_versions(
@@ -74,12 +72,7 @@ def resend_shard(
     stale = final_versions(plan, params, shard, collected).filter(pl.col(MODEL_VERSION) != target)
     if stale.height == 0:
         return None
-    texts = shard_texts(plan, params, shard, include_cached=True).filter(
-        pl.col(TEXT_KEY).is_in(stale[TEXT_KEY].implode())
-    )
-    if texts.height == 0:
-        return None
-    return write_shard(build(texts, params, shard, attempt, TOKENS), plan, shard, attempt)
+    return follow_up(plan, params, shard, attempt, stale[TEXT_KEY])
 
 
 build_resend_requests = task(

@@ -49,7 +49,7 @@ def merge_attempts(
     stamp = pl.lit(enriched_at).cast(pl.Datetime("us", "UTC")).alias("enriched_at")
     results = [
         storage.read_parquet(c.results_uri).with_columns(
-            stamp, pl.lit("batch").alias("result_source"), pl.lit(c.attempt).alias("_attempt")
+            stamp, pl.lit("batch").alias("result_source")
         )
         for c in sorted(collected, key=lambda c: c.attempt)
     ]
@@ -60,7 +60,6 @@ def merge_attempts(
     ok = pl.concat(results, how="diagonal_relaxed") if results else pl.DataFrame()
     if ok.height and ok[TEXT_KEY].is_duplicated().any():  # in attempt order: the last wins
         ok = ok.unique(TEXT_KEY, keep="last", maintain_order=True)
-    ok = ok.drop("_attempt", strict=False)
     failed = pl.concat(failures, how="diagonal_relaxed") if failures else pl.DataFrame()
     if failed.height:
         attempts = failed.group_by(TEXT_KEY).agg(pl.len().cast(pl.Int32).alias("attempts"))

@@ -54,7 +54,11 @@ def test_default_cache_is_shared_beside_the_output() -> None:
     assert "/kind=classifier/model=ft%3Ax%3Ay/options=" in folder
 
 
-def write_cache_file(path: Path, first: np.ndarray, stamp: int = 0) -> pl.DataFrame:
+def write_cache_file(
+    path: Path, first: np.ndarray, stamp: int = 0, version: str | None = None
+) -> pl.DataFrame:
+    """A cache file of keys ``first``; without ``version``, as written before versions were
+    recorded (no ``model_version`` column)."""
     frame = pl.DataFrame(
         {
             cache.KEY: first,
@@ -63,6 +67,7 @@ def write_cache_file(path: Path, first: np.ndarray, stamp: int = 0) -> pl.DataFr
             "label": [f"label-{k % 7}" for k in first.tolist()],
             "batch_job_id": f"job-{stamp}",
             "enriched_at": datetime.fromtimestamp(stamp, UTC),
+            **({cache.VERSION: version} if version is not None else {}),
         }
     ).sort(cache.KEY)
     pq.write_table(frame.to_arrow(), path, row_group_size=1_000)
@@ -226,10 +231,7 @@ def test_the_cache_keys_results_by_the_answering_version(tmp_path: Path) -> None
     location = tmp_path / "cache"
     location.mkdir()
     write_cache_file(location / "old.parquet", np.arange(1, 101, dtype=np.uint64), stamp=1)
-    new = write_cache_file(location / "new.parquet", np.arange(51, 81, dtype=np.uint64), stamp=2)
-    new.with_columns(pl.lit("model-2603").alias(cache.VERSION)).write_parquet(
-        location / "new.parquet"
-    )
+    write_cache_file(location / "new.parquet", np.arange(51, 81, dtype=np.uint64), 2, "model-2603")
     everything = np.arange(1, 101, dtype=np.uint64)
     wanted = pl.DataFrame({TEXT_KEY: everything, TEXT_KEY_2: everything * np.uint64(3)})
 
@@ -284,9 +286,8 @@ def test_entries_from_before_versions_count_as_the_model_asked_for(tmp_path: Pat
     location = tmp_path / "cache"
     location.mkdir()
     write_cache_file(location / "old.parquet", np.arange(1, 101, dtype=np.uint64), stamp=1)
-    new = write_cache_file(location / "new.parquet", np.arange(91, 121, dtype=np.uint64), stamp=2)
-    new.with_columns(pl.lit("mistral-embed").alias(cache.VERSION)).write_parquet(
-        location / "new.parquet"
+    write_cache_file(
+        location / "new.parquet", np.arange(91, 121, dtype=np.uint64), 2, "mistral-embed"
     )
     everything = np.arange(1, 121, dtype=np.uint64)
     wanted = pl.DataFrame({TEXT_KEY: everything, TEXT_KEY_2: everything * np.uint64(3)})
